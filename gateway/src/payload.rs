@@ -164,13 +164,19 @@ const FITNESS_AT: usize = 83;
 /// pow_nonce(8) seed_nonce_hash(1 [+ 32]) per_block_votes(1)`.
 fn parse_block(bytes: &[u8]) -> Result<Consensus, PayloadError> {
     let kind = Kind::Block;
-    let short = |expected| PayloadError::Length { kind, len: bytes.len(), expected };
+    let short = |expected| PayloadError::Length {
+        kind,
+        len: bytes.len(),
+        expected,
+    };
     let f = be_u32(bytes, FITNESS_AT).ok_or(short(FITNESS_AT + 4))? as usize;
     if f != 33 && f != 37 {
         return Err(PayloadError::Fitness("length is neither 33 nor 37"));
     }
     let fitness_start = FITNESS_AT + 4;
-    let fitness = bytes.get(fitness_start..fitness_start + f).ok_or(short(fitness_start + f))?;
+    let fitness = bytes
+        .get(fitness_start..fitness_start + f)
+        .ok_or(short(fitness_start + f))?;
     let level = be_i32(bytes, 5).ok_or(short(9))?;
     let round = check_fitness(fitness, level)?;
     // After the fitness: context(32) payload_hash(32) payload_round(4) pow_nonce(8), then the
@@ -186,7 +192,12 @@ fn parse_block(bytes: &[u8]) -> Result<Consensus, PayloadError> {
         return Err(short(expected));
     }
     let (level, round) = non_negative(level, round)?;
-    Ok(Consensus { kind, chain: chain_of(bytes), level, round })
+    Ok(Consensus {
+        kind,
+        chain: chain_of(bytes),
+        level,
+        round,
+    })
 }
 
 /// Walk the Tenderbake fitness `[version][level][locked_round?][predecessor_round][round]`,
@@ -198,7 +209,12 @@ fn check_fitness(fitness: &[u8], level: i32) -> Result<i32, PayloadError> {
         let len = be_u32(fitness, at).ok_or(PayloadError::Fitness("truncated element length"))? as usize;
         let start = at + 4;
         let elem = fitness
-            .get(start..start.checked_add(len).ok_or(PayloadError::Fitness("element too long"))?)
+            .get(
+                start
+                    ..start
+                        .checked_add(len)
+                        .ok_or(PayloadError::Fitness("element too long"))?,
+            )
             .ok_or(PayloadError::Fitness("element overruns the fitness"))?;
         elements.push(elem);
         at = start + len;
@@ -224,7 +240,11 @@ fn check_fitness(fitness: &[u8], level: i32) -> Result<i32, PayloadError> {
 /// `magic(1) chain(4) branch(32) tag(1)` then the tag's fields.
 fn parse_consensus_op(bytes: &[u8], kind: Kind) -> Result<Consensus, PayloadError> {
     const TAG_AT: usize = 37;
-    let tag = *bytes.get(TAG_AT).ok_or(PayloadError::Length { kind, len: bytes.len(), expected: TAG_AT + 1 })?;
+    let tag = *bytes.get(TAG_AT).ok_or(PayloadError::Length {
+        kind,
+        len: bytes.len(),
+        expected: TAG_AT + 1,
+    })?;
     // (level offset, length of the fixed part); tag 23 adds a Zarith DAL bitset after it.
     let (level_at, fixed_len) = match (kind, tag) {
         // slot(2) level(4) round(4) payload_hash(32)
@@ -240,12 +260,29 @@ fn parse_consensus_op(bytes: &[u8], kind: Kind) -> Result<Consensus, PayloadErro
         fixed_len
     };
     if bytes.len() != expected {
-        return Err(PayloadError::Length { kind, len: bytes.len(), expected });
+        return Err(PayloadError::Length {
+            kind,
+            len: bytes.len(),
+            expected,
+        });
     }
-    let level = be_i32(bytes, level_at).ok_or(PayloadError::Length { kind, len: bytes.len(), expected })?;
-    let round = be_i32(bytes, level_at + 4).ok_or(PayloadError::Length { kind, len: bytes.len(), expected })?;
+    let level = be_i32(bytes, level_at).ok_or(PayloadError::Length {
+        kind,
+        len: bytes.len(),
+        expected,
+    })?;
+    let round = be_i32(bytes, level_at + 4).ok_or(PayloadError::Length {
+        kind,
+        len: bytes.len(),
+        expected,
+    })?;
     let (level, round) = non_negative(level, round)?;
-    Ok(Consensus { kind, chain: chain_of(bytes), level, round })
+    Ok(Consensus {
+        kind,
+        chain: chain_of(bytes),
+        level,
+        round,
+    })
 }
 
 /// Length of the Zarith natural at the start of `bytes` (7 bits a byte, high bit = more),
@@ -285,8 +322,14 @@ mod tests {
         );
         let mut dal = attestation(23, 5, 0);
         dal.extend_from_slice(&[0x81, 0x01]);
-        assert!(matches!(parse(&dal), Ok(Payload::Consensus(Consensus { level: 5, .. }))));
-        assert!(matches!(parse(&attestation(41, 7, 1)), Ok(Payload::Consensus(Consensus { level: 7, round: 1, .. }))));
+        assert!(matches!(
+            parse(&dal),
+            Ok(Payload::Consensus(Consensus { level: 5, .. }))
+        ));
+        assert!(matches!(
+            parse(&attestation(41, 7, 1)),
+            Ok(Payload::Consensus(Consensus { level: 7, round: 1, .. }))
+        ));
     }
 
     #[test]
@@ -299,7 +342,13 @@ mod tests {
         assert_eq!(parse(&[0x05, 1]), Ok(Payload::Packed));
         let mut pre = attestation(21, 1, 1);
         pre[0] = 0x12;
-        assert_eq!(parse(&pre), Err(PayloadError::Tag { kind: Kind::Preattestation, tag: 21 }));
+        assert_eq!(
+            parse(&pre),
+            Err(PayloadError::Tag {
+                kind: Kind::Preattestation,
+                tag: 21
+            })
+        );
         let mut dal = attestation(23, 5, 0);
         dal.push(0x81);
         assert_eq!(parse(&dal), Err(PayloadError::DalBitset));

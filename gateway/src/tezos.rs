@@ -91,7 +91,10 @@ fn b58_encode(prefix: &[u8], payload: &[u8]) -> String {
 
 /// Decode base58check and strip one of `prefixes`, requiring `len` payload bytes.
 fn b58_decode(s: &str, prefix: &[u8], len: usize, what: &'static str) -> Result<Vec<u8>, TezosError> {
-    let raw = bs58::decode(s).with_check(None).into_vec().map_err(|_| TezosError::Base58)?;
+    let raw = bs58::decode(s)
+        .with_check(None)
+        .into_vec()
+        .map_err(|_| TezosError::Base58)?;
     match raw.strip_prefix(prefix) {
         Some(rest) if rest.len() == len => Ok(rest.to_vec()),
         _ => Err(TezosError::Shape(what)),
@@ -180,8 +183,14 @@ impl PublicKey {
     /// The key's hash, to check that a signer's key really is the one a request names.
     pub fn hash(&self) -> Pkh {
         match self {
-            PublicKey::Ed25519(b) => Pkh { curve: Curve::Ed25519, hash: blake2b_160(b) },
-            PublicKey::Other { curve, bytes, .. } => Pkh { curve: *curve, hash: blake2b_160(bytes) },
+            PublicKey::Ed25519(b) => Pkh {
+                curve: Curve::Ed25519,
+                hash: blake2b_160(b),
+            },
+            PublicKey::Other { curve, bytes, .. } => Pkh {
+                curve: *curve,
+                hash: blake2b_160(bytes),
+            },
         }
     }
 
@@ -194,7 +203,8 @@ impl PublicKey {
                 let sig = ed25519_dalek::Signature::from_bytes(&sig);
                 // `verify_strict` rejects malleable and small-order edge cases that a
                 // well-behaved signer never produces.
-                key.verify_strict(&blake2b_256(message), &sig).map_err(|_| TezosError::BadSignature)?;
+                key.verify_strict(&blake2b_256(message), &sig)
+                    .map_err(|_| TezosError::BadSignature)?;
                 Ok(())
             }
             PublicKey::Other { curve, .. } => Err(TezosError::UnsupportedCurve(*curve)),
@@ -218,7 +228,11 @@ impl FromStr for PublicKey {
             _ => return Err(TezosError::Shape("public key")),
         };
         let bytes = b58_decode(s, pre, len, "public key")?;
-        Ok(PublicKey::Other { curve, bytes, text: s.to_string() })
+        Ok(PublicKey::Other {
+            curve,
+            bytes,
+            text: s.to_string(),
+        })
     }
 }
 
@@ -368,7 +382,9 @@ mod tests {
     #[test]
     fn known_tz1_parses() {
         // octez's bootstrap1 key and hash.
-        let pk: PublicKey = "edpkuBknW28nW72KG6RoHtYW7p12T6GKc7nAbwYX5m8Wd9sDVC9yav".parse().unwrap();
+        let pk: PublicKey = "edpkuBknW28nW72KG6RoHtYW7p12T6GKc7nAbwYX5m8Wd9sDVC9yav"
+            .parse()
+            .unwrap();
         assert_eq!(pk.hash().to_string(), "tz1KqTpEZ7Yob7QbPE4Hy4Wo8fHG8LhKxZSx");
     }
 }

@@ -29,7 +29,10 @@ fn vectors() -> Vec<Vector> {
                 chain: chain.try_into().unwrap(),
                 level: v["level"].as_i64().unwrap() as i32,
                 round: v["round"].as_i64().unwrap() as i32,
-                digest: hex::decode(v["blake2b_256"].as_str().unwrap()).unwrap().try_into().unwrap(),
+                digest: hex::decode(v["blake2b_256"].as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
             }
         })
         .collect()
@@ -54,7 +57,11 @@ fn every_vector_parses_to_its_stated_fields() {
 fn truncated_and_extended_payloads_are_refused() {
     for v in vectors() {
         for cut in 1..v.bytes.len() {
-            assert!(parse(&v.bytes[..cut]).is_err(), "{}: truncated to {cut} bytes parsed", v.name);
+            assert!(
+                parse(&v.bytes[..cut]).is_err(),
+                "{}: truncated to {cut} bytes parsed",
+                v.name
+            );
         }
         let mut longer = v.bytes.clone();
         longer.push(0);
@@ -75,7 +82,12 @@ fn wrong_tags_are_refused() {
             }
             let mut m = v.bytes.clone();
             m[37] = tag;
-            assert_eq!(parse(&m), Err(PayloadError::Tag { kind: v.kind, tag }), "{} tag {tag}", v.name);
+            assert_eq!(
+                parse(&m),
+                Err(PayloadError::Tag { kind: v.kind, tag }),
+                "{} tag {tag}",
+                v.name
+            );
         }
     }
 }
@@ -97,8 +109,13 @@ fn wrong_fitness_lengths_are_refused() {
 
 #[test]
 fn locked_round_block_uses_fitness_round_not_payload_round() {
-    let v = vectors().into_iter().find(|v| v.name == "tacoinfra-block-locked-round").unwrap();
-    let Ok(Payload::Consensus(c)) = parse(&v.bytes) else { panic!() };
+    let v = vectors()
+        .into_iter()
+        .find(|v| v.name == "tacoinfra-block-locked-round")
+        .unwrap();
+    let Ok(Payload::Consensus(c)) = parse(&v.bytes) else {
+        panic!()
+    };
     assert_eq!(c.round, 6);
 }
 
