@@ -1,4 +1,185 @@
-//! signer-gateway: see the crate README.
+//! signer-gateway: one signing endpoint for Tezos bakers in front of remote signers, with a
+//! durable high watermark and ordered failover.
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML file, parsed strictly and validated before anything starts.
+//! - [`tezos`]: base58check encodings, key hashes, signature verification.
+//! - [`payload`]: strict parser of the bytes to sign (kind, chain, level, round).
+//! - [`watermark`]: the high-watermark rule and its stores (memory, file).
+//! - [`pool`]: signers in priority order, health checks, failover; [`pool::Connect`] is
+//!   how a signer is reached (TCP today, an SSH tunnel later).
+//! - [`signing`]: the pipeline parse → policy → watermark → signer → verify.
+//! - [`api`]: the octez remote-signer HTTP protocol over [`signing`].
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`server`]: accept loops, connection limits, graceful shutdown.
+//!
+//! `main` parses flags and calls [`Gateway::start`] then [`Gateway::run`]; tests and
+//! benchmarks call the same two.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod metrics;
 pub mod payload;
+pub mod pool;
+pub mod server;
+pub mod signing;
 pub mod tezos;
 pub mod watermark;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Settings, WatermarkBackend, WatermarkConfig};
+use crate::pool::{Pool, Signer, TcpConnect};
+use crate::watermark::{FileStore, MemoryStore, OpenError, WatermarkStore};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The watermark store is missing, unreadable or locked: refusing to start rather than
+    /// signing without it.
+    #[error("watermark store: {0}")]
+    Store(#[from] OpenError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Internal set-up failure (metrics registry).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Open the configured watermark store (blocking file I/O runs off the async threads).
+pub async fn open_store(cfg: &WatermarkConfig) -> Result<Arc<dyn WatermarkStore>, StartError> {
+    match (cfg.backend, &cfg.dir) {
+        (WatermarkBackend::Memory, _) => {
+            warn!("watermark backend is memory: marks are lost on restart; never use this for a real baker");
+            Ok(Arc::new(MemoryStore::new()))
+        }
+        (WatermarkBackend::File, Some(dir)) => {
+            let dir = dir.clone();
+            let create = cfg.create_if_missing;
+            let store = tokio::task::spawn_blocking(move || FileStore::open(&dir, create))
+                .await
+                .map_err(|e| StartError::Internal(format!("opening the watermark store panicked: {e}")))??;
+            Ok(Arc::new(store))
+        }
+        // Config validation rejects this; kept as an error rather than a panic.
+        (WatermarkBackend::File, None) => Err(StartError::Internal("watermark.dir is not set".into())),
+    }
+}
+
+/// A gateway whose store is open and whose ports are bound, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    settings: Settings,
+    api_listener: TcpListener,
+    admin_listener: TcpListener,
+    signing: Arc<signing::Signing>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl Gateway {
+    /// Open the store and bind both ports. Nothing is served yet.
+    pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
+        let cfg = &settings.config;
+        let metrics = Arc::new(metrics::Metrics::new().map_err(|e| StartError::Internal(e.to_string()))?);
+        let store = open_store(&cfg.watermark).await?;
+        metrics.store_healthy.set(i64::from(store.health().healthy));
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let api_listener = bind("api.listen", cfg.api.listen).await?;
+        let admin_listener = bind("admin.listen", cfg.admin.listen).await?;
+        let signers = cfg
+            .signers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Arc::new(Signer::new(s.name.clone(), i, Arc::new(TcpConnect::new(s.address.clone())))))
+            .collect();
+        let pool = Arc::new(Pool::new(signers, cfg.request_timeout, cfg.health_check.clone(), Arc::clone(&metrics)));
+        let signing = Arc::new(signing::Signing::new(pool, store, settings.policy.clone(), Arc::clone(&metrics)));
+        Ok(Gateway { settings, api_listener, admin_listener, signing, metrics })
+    }
+
+    /// Address the signing API listens on.
+    pub fn api_addr(&self) -> std::io::Result<SocketAddr> {
+        self.api_listener.local_addr()
+    }
+
+    /// Address the admin endpoint listens on.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin_listener.local_addr()
+    }
+
+    /// Serve until `shutdown` fires, then stop accepting, give in-flight requests
+    /// `shutdown_grace` to finish, and return.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let cfg = &self.settings.config;
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        self.signing.pool().spawn_health_checks(&tracker, background.clone());
+
+        let api = Arc::new(api::Api::new(
+            Arc::clone(&self.signing),
+            Arc::clone(&self.metrics),
+            cfg.api.path_prefix.clone(),
+            cfg.api.max_body_bytes,
+        ));
+        let admin = Arc::new(admin::Admin::new(Arc::clone(&self.signing), Arc::clone(&self.metrics)));
+        let api_graceful = Arc::new(GracefulShutdown::new());
+        let admin_graceful = Arc::new(GracefulShutdown::new());
+        let api_loop = tracker.spawn(server::serve(
+            self.api_listener,
+            move |req| Arc::clone(&api).handle(req),
+            cfg.api.max_connections,
+            shutdown.clone(),
+            Arc::clone(&api_graceful),
+        ));
+        let admin_loop = tracker.spawn(server::serve(
+            self.admin_listener,
+            move |req| Arc::clone(&admin).handle(req),
+            64,
+            shutdown.clone(),
+            Arc::clone(&admin_graceful),
+        ));
+
+        shutdown.cancelled().await;
+        info!(grace = ?cfg.shutdown_grace, "shutting down: no new connections, waiting for in-flight requests");
+        // The accept loops return on the same token; once they have, nothing else holds the
+        // graceful handles and they can be consumed.
+        let _ = api_loop.await;
+        let _ = admin_loop.await;
+        let drain = async {
+            if let Some(g) = Arc::into_inner(api_graceful) {
+                g.shutdown().await;
+            }
+            if let Some(g) = Arc::into_inner(admin_graceful) {
+                g.shutdown().await;
+            }
+        };
+        if tokio::time::timeout(cfg.shutdown_grace, drain).await.is_err() {
+            warn!("shutdown grace period over: closing the remaining connections");
+        }
+        background.cancel();
+        tracker.close();
+        tracker.wait().await;
+        info!("stopped");
+    }
+}

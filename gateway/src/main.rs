@@ -1,1 +1,204 @@
-fn main() {}
+//! `signer-gateway`: flags, logging, signals; everything else is in the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use signer_gateway::config::{Config, LogFormat, Settings, WatermarkBackend};
+use signer_gateway::payload::Kind;
+use signer_gateway::tezos::{ChainId, Pkh};
+use signer_gateway::watermark::{FileStore, MarkKey, WatermarkStore};
+use signer_gateway::Gateway;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// EX_USAGE: the configuration is wrong; restarting will not help.
+const EXIT_CONFIG: u8 = 64;
+/// Any other failure to start or run.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "signer-gateway", version, about = "Tezos remote-signer gateway with a durable high watermark")]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(long, short, global = true, env = "SIGNER_GATEWAY_CONFIG", default_value = "/etc/signer-gateway/gateway.yaml")]
+    config: PathBuf,
+    /// Log format (overrides the config's `log_format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and exit (0 valid, 64 invalid).
+    CheckConfig,
+    /// Inspect or set high watermarks (the gateway must be stopped: the store is locked).
+    Watermark {
+        #[command(subcommand)]
+        action: WatermarkCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WatermarkCommand {
+    /// Print every mark.
+    List {
+        /// JSON output instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a mark (raise or lower): for moving a baker to this gateway, a new chain, or
+    /// restoring a backup. Logged at warn level with the old and new values.
+    Set {
+        /// Chain id (`Net…`).
+        #[arg(long)]
+        chain: ChainId,
+        /// Signing key (`tz1…`).
+        #[arg(long)]
+        key: Pkh,
+        /// block, preattestation or attestation; repeat or omit for all three.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Vec<Kind>,
+        /// Level: requests at or below (level, round) will be refused.
+        #[arg(long)]
+        level: i32,
+        /// Round at that level.
+        #[arg(long, default_value_t = 0)]
+        round: i32,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    s.parse().map_err(|_| format!("{s:?} is not one of block, preattestation, attestation"))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Config::load(&cli.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("signer-gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(cli.log_format.unwrap_or(settings.config.log_format));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("signer-gateway: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(settings)),
+        Command::CheckConfig => {
+            println!("config {} is valid", cli.config.display());
+            Ok(())
+        }
+        Command::Watermark { action } => runtime.block_on(watermark(settings, action)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("signer-gateway: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let gateway = Gateway::start(settings).await?;
+    let (api, admin) = (gateway.api_addr()?, gateway.admin_addr()?);
+    info!(%api, %admin, "signer-gateway listening");
+    // One machine-readable line on stdout: tests and scripts wait for it.
+    println!("signer-gateway ready api={api} admin={admin}");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    gateway.run(shutdown).await;
+    Ok(())
+}
+
+/// SIGTERM (systemd, Kubernetes) and SIGINT both start a graceful shutdown.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            error!(error = %e, "cannot install signal handlers");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Result<()> {
+    let wm = &settings.config.watermark;
+    let dir = match (wm.backend, &wm.dir) {
+        (WatermarkBackend::File, Some(dir)) => dir.clone(),
+        _ => anyhow::bail!("watermark commands need `watermark.backend: file` and `watermark.dir`"),
+    };
+    match action {
+        WatermarkCommand::List { json } => {
+            let store = FileStore::open(&dir, false)?;
+            let marks = store.list();
+            if json {
+                let rows: Vec<_> = marks
+                    .iter()
+                    .map(|(k, m)| {
+                        serde_json::json!({
+                            "chain": k.chain, "key": k.pkh, "kind": k.kind,
+                            "level": m.level, "round": m.round,
+                            "digest": m.digest.map(hex::encode), "signature": m.signature,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!("{:<16} {:<37} {:<15} {:>10} {:>6}", "CHAIN", "KEY", "KIND", "LEVEL", "ROUND");
+                for (k, m) in marks {
+                    println!("{:<16} {:<37} {:<15} {:>10} {:>6}", k.chain, k.pkh, k.kind, m.level, m.round);
+                }
+            }
+        }
+        WatermarkCommand::Set { chain, key, kind, level, round } => {
+            if level < 0 || round < 0 {
+                anyhow::bail!("--level and --round must not be negative");
+            }
+            // Creating the store here is the operator's explicit first-time set-up.
+            let store = FileStore::open(&dir, true)?;
+            let kinds = if kind.is_empty() { Kind::ALL.to_vec() } else { kind };
+            for kind in kinds {
+                let mk = MarkKey { chain, pkh: key, kind };
+                let old = store.set(mk, level, round).await?;
+                let old_text = old.map(|m| format!("level {} round {}", m.level, m.round));
+                warn!(%chain, key = %key, %kind, old = old_text.as_deref().unwrap_or("none"), level, round, "watermark set by operator");
+                println!(
+                    "{chain} {key} {kind}: {} -> level {level} round {round}",
+                    old_text.as_deref().unwrap_or("none")
+                );
+            }
+        }
+    }
+    Ok(())
+}

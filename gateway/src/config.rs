@@ -1,0 +1,520 @@
+//! The gateway's YAML configuration: parsed strictly (unknown fields are errors), then
+//! validated as a whole before any port is bound.
+//!
+//! YAML is read with `serde-saphyr`: `serde_yaml` is archived, and serde-saphyr keeps the same
+//! serde model, is pure Rust, and reports errors with the line, column and field path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::payload::Kind;
+use crate::tezos::Pkh;
+
+/// Why a configuration was refused. Every message names the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File given with `--config`.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid YAML, or not the expected shape (unknown field, wrong type…).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// File given with `--config`.
+        path: PathBuf,
+        /// serde-saphyr's message, with location and field.
+        message: String,
+    },
+    /// Parsed, but a value or a combination of values is not acceptable.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `signers[1].address`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// Default signing API address: octez-signer's usual port, loopback only.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:6732";
+/// Default admin (metrics, health, status) address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default body cap: consensus payloads are a few hundred bytes, manager operations more.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default cap on concurrent client connections to the signing API.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default time one signer gets to answer one request before the next one is tried.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The signing API that bakers call.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Metrics, health and status endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where high watermarks are kept.
+    pub watermark: WatermarkConfig,
+    /// Which request kinds each key may sign.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Signers, in priority order: the first healthy one serves.
+    pub signers: Vec<SignerConfig>,
+    /// Time one signer gets for one request before the next is tried (e.g. "3s").
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Background health checks of every signer.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT (e.g. "10s").
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Log output format; `--log-format` on the command line wins.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// Signing API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on (default 127.0.0.1:6732).
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Path prefix the API lives under, e.g. "/signer" (default: none).
+    #[serde(default)]
+    pub path_prefix: String,
+    /// Largest request body accepted; larger ones get 413 (default 65536).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most client connections served at once; more wait to be accepted (default 1024).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            path_prefix: String::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on (default 127.0.0.1:9090).
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: default_admin_listen() }
+    }
+}
+
+/// Watermark store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatermarkBackend {
+    /// One JSON file in `dir`, written durably (the default).
+    File,
+    /// In memory only: marks are lost on restart. For tests and demos.
+    Memory,
+}
+
+/// Watermark store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// `file` (default) or `memory`.
+    #[serde(default = "default_backend")]
+    pub backend: WatermarkBackend,
+    /// Directory of the file store (required for `file`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Start with an empty store when none exists. Off by default: a missing store on a
+    /// gateway that has signed before means lost state, and starting empty would allow a
+    /// double signature.
+    #[serde(default)]
+    pub create_if_missing: bool,
+}
+
+/// Policy section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Kinds any key may sign unless it has its own entry (default: all three consensus kinds).
+    #[serde(default = "default_kinds")]
+    pub default_kinds: Vec<Kind>,
+    /// Per-key overrides, by tz address.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyPolicyConfig>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { default_kinds: default_kinds(), keys: BTreeMap::new() }
+    }
+}
+
+/// One key's policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPolicyConfig {
+    /// Consensus kinds this key may sign (default: `policy.default_kinds`).
+    #[serde(default)]
+    pub kinds: Option<Vec<Kind>>,
+    /// Allow generic operations (0x03: transfers, delegations, reveals…). Default false.
+    #[serde(default)]
+    pub allow_generic: bool,
+    /// Allow packed Michelson data (0x05). Default false.
+    #[serde(default)]
+    pub allow_packed: bool,
+}
+
+/// One signer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    /// Unique name, used in logs, metrics and status.
+    pub name: String,
+    /// `host:port` of a signer reachable over TCP (resolved at each connect, so a
+    /// Kubernetes service name works).
+    pub address: String,
+}
+
+/// Health-check settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path probed with GET on each signer (default `/authorized_keys`).
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Time between probes (default 1s).
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time a probe may take (default 500ms).
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down signer up (default 2).
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up signer down (default 1: failover must be fast,
+    /// and a request failure already counts as one).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: default_health_path(),
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6732))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_request_timeout() -> Duration {
+    DEFAULT_REQUEST_TIMEOUT
+}
+fn default_shutdown_grace() -> Duration {
+    DEFAULT_SHUTDOWN_GRACE
+}
+fn default_backend() -> WatermarkBackend {
+    WatermarkBackend::File
+}
+fn default_kinds() -> Vec<Kind> {
+    Kind::ALL.to_vec()
+}
+fn default_health_path() -> String {
+    "/authorized_keys".to_string()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    1
+}
+
+/// The policy in its runtime form: every key resolved, nothing optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Kinds allowed for keys without an entry.
+    pub default_kinds: BTreeSet<Kind>,
+    /// Per-key rules.
+    pub keys: BTreeMap<Pkh, KeyPolicy>,
+}
+
+/// One key's resolved policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// Consensus kinds allowed.
+    pub kinds: BTreeSet<Kind>,
+    /// 0x03 allowed.
+    pub allow_generic: bool,
+    /// 0x05 allowed.
+    pub allow_packed: bool,
+}
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The raw parsed file (listeners, timeouts, signers…), all checked.
+    pub config: Config,
+    /// Resolved policy.
+    pub policy: Policy,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        config.validate()
+    }
+
+    /// Cross-field checks; returns the runtime form.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let api = &self.api;
+        if !api.path_prefix.is_empty() && (!api.path_prefix.starts_with('/') || api.path_prefix.ends_with('/')) {
+            return Err(invalid("api.path_prefix", "must start with '/' and not end with '/' (e.g. \"/signer\")"));
+        }
+        if api.max_body_bytes < 256 {
+            return Err(invalid("api.max_body_bytes", "must be at least 256 (a block payload is ~234 bytes)"));
+        }
+        if api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1"));
+        }
+        if api.listen == self.admin.listen && api.listen.port() != 0 {
+            return Err(invalid("admin.listen", "must differ from api.listen"));
+        }
+        match (self.watermark.backend, &self.watermark.dir) {
+            (WatermarkBackend::File, None) => {
+                return Err(invalid("watermark.dir", "required when watermark.backend is file"));
+            }
+            (WatermarkBackend::Memory, Some(_)) => {
+                return Err(invalid("watermark.dir", "only meaningful with watermark.backend: file"));
+            }
+            _ => {}
+        }
+        if self.signers.is_empty() {
+            return Err(invalid("signers", "at least one signer is required"));
+        }
+        let mut names = BTreeSet::new();
+        for (i, s) in self.signers.iter().enumerate() {
+            let valid_name = !s.name.is_empty()
+                && s.name.len() <= 64
+                && s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            if !valid_name {
+                return Err(invalid(
+                    format!("signers[{i}].name"),
+                    "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(format!("signers[{i}].name"), format!("duplicate signer name {:?}", s.name)));
+            }
+            check_host_port(&s.address).map_err(|m| invalid(format!("signers[{i}].address"), m))?;
+        }
+        if self.request_timeout.is_zero() {
+            return Err(invalid("request_timeout", "must be greater than zero"));
+        }
+        let hc = &self.health_check;
+        if !hc.path.starts_with('/') {
+            return Err(invalid("health_check.path", "must start with '/'"));
+        }
+        if hc.interval.is_zero() {
+            return Err(invalid("health_check.interval", "must be greater than zero"));
+        }
+        if hc.timeout.is_zero() {
+            return Err(invalid("health_check.timeout", "must be greater than zero"));
+        }
+        if hc.rise == 0 {
+            return Err(invalid("health_check.rise", "must be at least 1"));
+        }
+        if hc.fall == 0 {
+            return Err(invalid("health_check.fall", "must be at least 1"));
+        }
+        let policy = self.resolve_policy()?;
+        Ok(Settings { config: self, policy })
+    }
+
+    fn resolve_policy(&self) -> Result<Policy, ConfigError> {
+        let default_kinds: BTreeSet<Kind> = self.policy.default_kinds.iter().copied().collect();
+        let mut keys = BTreeMap::new();
+        for (name, k) in &self.policy.keys {
+            let field = format!("policy.keys.{name}");
+            let pkh: Pkh = name.parse().map_err(|e| invalid(field.clone(), format!("not a tz address: {e}")))?;
+            let kinds = match &k.kinds {
+                Some(list) => list.iter().copied().collect(),
+                None => default_kinds.clone(),
+            };
+            keys.insert(pkh, KeyPolicy { kinds, allow_generic: k.allow_generic, allow_packed: k.allow_packed });
+        }
+        Ok(Policy { default_kinds, keys })
+    }
+}
+
+/// Accept `host:port` with a non-empty host and a port in 1..=65535.
+fn check_host_port(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let port_ok = port.parse::<u16>().map(|p| p != 0).unwrap_or(false);
+    let host_ok = !host.is_empty()
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' || c == '[' || c == ']');
+    if !port_ok {
+        return Err(format!("{s:?}: port must be 1-65535"));
+    }
+    if !host_ok {
+        return Err(format!("{s:?}: invalid host name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+watermark:
+  dir: /tmp/wm
+signers:
+  - name: a
+    address: 127.0.0.1:6733
+";
+
+    fn err(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = Config::parse(MINIMAL).unwrap();
+        assert_eq!(s.config.api.listen.to_string(), DEFAULT_API_LISTEN);
+        assert_eq!(s.config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(s.config.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(s.config.health_check.path, "/authorized_keys");
+        assert_eq!(s.policy.default_kinds.len(), 3);
+        assert!(!s.config.watermark.create_if_missing);
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let s = Config::parse(&format!("{MINIMAL}request_timeout: 500ms\nhealth_check:\n  interval: 3s\n")).unwrap();
+        assert_eq!(s.config.request_timeout, Duration::from_millis(500));
+        assert_eq!(s.config.health_check.interval, Duration::from_secs(3));
+        assert!(err(&format!("{MINIMAL}request_timeout: soon\n")).contains("request_timeout"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        assert!(err(&format!("{MINIMAL}colour: blue\n")).contains("colour"));
+        let e = err("watermark:\n  dir: /x\n  fsync: never\nsigners: []\n");
+        assert!(e.contains("fsync"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases: &[(&str, &str)] = &[
+            ("watermark: {}\nsigners: [{name: a, address: '127.0.0.1:1'}]\n", "watermark.dir"),
+            ("watermark: {dir: /x}\nsigners: []\n", "signers"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: '127.0.0.1:1'}, {name: a, address: 'h:2'}]\n", "signers[1].name"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'nohost'}]\n", "signers[0].address"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:0'}]\n", "signers[0].address"),
+            ("watermark: {dir: /x}\nsigners: [{name: 'a b', address: 'h:1'}]\n", "signers[0].name"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\napi: {path_prefix: signer}\n", "api.path_prefix"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nhealth_check: {rise: 0}\n", "health_check.rise"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nhealth_check: {path: x}\n", "health_check.path"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nrequest_timeout: 0s\n", "request_timeout"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\npolicy: {keys: {tz1nope: {}}}\n", "policy.keys.tz1nope"),
+            ("watermark: {backend: memory, dir: /x}\nsigners: [{name: a, address: 'h:1'}]\n", "watermark.dir"),
+            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\npolicy: {default_kinds: [blok]}\n", "blok"),
+        ];
+        for (text, field) in cases {
+            let e = err(text);
+            assert!(e.contains(field), "error for {field} does not name it: {e}");
+        }
+    }
+
+    #[test]
+    fn key_policy_resolves() {
+        let s = Config::parse(&format!(
+            "{MINIMAL}policy:\n  keys:\n    tz1KqTpEZ7Yob7QbPE4Hy4Wo8fHG8LhKxZSx: {{kinds: [attestation], allow_generic: true}}\n"
+        ))
+        .unwrap();
+        let pkh: Pkh = "tz1KqTpEZ7Yob7QbPE4Hy4Wo8fHG8LhKxZSx".parse().unwrap();
+        let k = &s.policy.keys[&pkh];
+        assert_eq!(k.kinds, BTreeSet::from([Kind::Attestation]));
+        assert!(k.allow_generic && !k.allow_packed);
+    }
+}

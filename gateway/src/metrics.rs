@@ -1,0 +1,122 @@
+//! Prometheus metrics: one registry, named `signer_gateway_*`, served on the admin port.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Sign requests by serving signer (`cache` for identical repeats, `none` when refused
+    /// before a signer), kind and result (`ok`, `refused`, `error`).
+    pub sign_requests: IntCounterVec,
+    /// End-to-end latency of successful signs, by kind.
+    pub sign_duration: HistogramVec,
+    /// Watermark refusals by kind and reason (`below_watermark`, `different_data`, `store_error`).
+    pub watermark_refusals: IntCounterVec,
+    /// Time for the watermark check-and-record (includes the durable write).
+    pub watermark_duration: Histogram,
+    /// Policy refusals by kind.
+    pub policy_refusals: IntCounterVec,
+    /// 1 when a signer is considered healthy.
+    pub signer_up: IntGaugeVec,
+    /// Attempts on each signer by result (`ok`, `connect_error`, `timeout`, `server_error`,
+    /// `bad_signature`, `client_error`).
+    pub signer_attempts: IntCounterVec,
+    /// Requests moved on to the next signer after a failed attempt.
+    pub failovers: IntCounterVec,
+    /// Health-state transitions by signer and new state.
+    pub signer_transitions: IntCounterVec,
+    /// HTTP responses of the signing API by status code.
+    pub http_responses: IntCounterVec,
+    /// 1 while the watermark store can make marks durable.
+    pub store_healthy: IntGauge,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let sign_requests = counter(
+            "signer_gateway_sign_requests_total",
+            "Sign requests by serving signer, kind and result",
+            &["signer", "kind", "result"],
+        )?;
+        let watermark_refusals = counter(
+            "signer_gateway_watermark_refusals_total",
+            "Sign requests refused by the high watermark",
+            &["kind", "reason"],
+        )?;
+        let policy_refusals =
+            counter("signer_gateway_policy_refusals_total", "Sign requests refused by policy", &["kind"])?;
+        let signer_attempts = counter(
+            "signer_gateway_signer_attempts_total",
+            "Requests sent to each signer, by result",
+            &["signer", "result"],
+        )?;
+        let failovers = counter(
+            "signer_gateway_failovers_total",
+            "Requests passed on from a failing signer to the next one",
+            &["from"],
+        )?;
+        let signer_transitions = counter(
+            "signer_gateway_signer_transitions_total",
+            "Signer health transitions, by new state",
+            &["signer", "state"],
+        )?;
+        let http_responses =
+            counter("signer_gateway_http_responses_total", "Signing API responses by status code", &["code"])?;
+        let buckets = vec![0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0];
+        let sign_duration = HistogramVec::new(
+            HistogramOpts::new("signer_gateway_sign_duration_seconds", "Latency of successful signs")
+                .buckets(buckets.clone()),
+            &["kind"],
+        )?;
+        registry.register(Box::new(sign_duration.clone()))?;
+        let watermark_duration = Histogram::with_opts(
+            HistogramOpts::new("signer_gateway_watermark_duration_seconds", "Watermark check-and-record latency")
+                .buckets(buckets),
+        )?;
+        registry.register(Box::new(watermark_duration.clone()))?;
+        let signer_up = IntGaugeVec::new(
+            Opts::new("signer_gateway_signer_up", "1 when the signer is healthy, by signer"),
+            &["signer"],
+        )?;
+        registry.register(Box::new(signer_up.clone()))?;
+        let store_healthy =
+            IntGauge::new("signer_gateway_watermark_store_healthy", "1 while the watermark store is usable")?;
+        registry.register(Box::new(store_healthy.clone()))?;
+        let build = IntGaugeVec::new(Opts::new("signer_gateway_build_info", "Build information"), &["version"])?;
+        registry.register(Box::new(build.clone()))?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(Metrics {
+            registry,
+            sign_requests,
+            sign_duration,
+            watermark_refusals,
+            watermark_duration,
+            policy_refusals,
+            signer_up,
+            signer_attempts,
+            failovers,
+            signer_transitions,
+            http_responses,
+            store_healthy,
+        })
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        buf
+    }
+}

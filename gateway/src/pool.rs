@@ -1,0 +1,533 @@
+//! The signer pool: signers in priority order, their health, and ordered failover.
+//!
+//! # Failover state machine (per signer)
+//!
+//! ```text
+//!            1 success                 `rise` consecutive successes
+//!  Unknown ─────────────▶ Up ◀──────────────────────────────── Down
+//!     │                    │ `fall` failed probes, or one failed   ▲
+//!     │ 1 failure          │ request (connect error, timeout,      │
+//!     └────────────────────┴─ 5xx, bad signature) ────────────────┘
+//! ```
+//!
+//! A request tries the `Up` signers in priority order, then the `Unknown` ones; `Down`
+//! signers are skipped without spending a timeout on them, and a background probe brings
+//! them back. When no signer is a candidate the request fails at once (503). Each attempt
+//! is bounded by `request_timeout`, so a request's worst case is the number of candidates
+//! times that.
+//!
+//! How the bytes reach a signer is behind [`Connect`]: a TCP address today; an SSH tunnel
+//! implements the same trait.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::HealthCheckConfig;
+use crate::metrics::Metrics;
+
+/// A byte stream to a signer.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// How to open a new byte stream to one signer.
+pub trait Connect: Send + Sync + 'static {
+    /// Open a new stream (TCP connection, tunnel channel…).
+    fn connect(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>>;
+    /// Human-readable address for status and logs.
+    fn describe(&self) -> String;
+}
+
+/// A signer reachable over plain TCP at `host:port` (resolved at every connect).
+pub struct TcpConnect {
+    address: String,
+}
+
+impl TcpConnect {
+    /// Connector for `host:port`.
+    pub fn new(address: impl Into<String>) -> TcpConnect {
+        TcpConnect { address: address.into() }
+    }
+}
+
+impl Connect for TcpConnect {
+    fn connect(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> {
+        let address = self.address.clone();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(address.as_str()).await?;
+            // Small request/response exchanges: Nagle would add tens of ms of tail latency.
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn Io>)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("tcp://{}", self.address)
+    }
+}
+
+/// Largest response body accepted from a signer.
+const MAX_SIGNER_BODY: usize = 64 * 1024;
+/// Idle keep-alive connections kept per signer.
+const MAX_IDLE: usize = 32;
+
+/// Why one attempt on one signer failed. `Copy + Eq` so tests can assert kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// Could not open a stream or speak HTTP on it.
+    Connect,
+    /// No complete answer within the timeout.
+    Timeout,
+    /// Answered 5xx.
+    ServerError,
+    /// Answered 2xx with a body that is not a valid signature for the key.
+    BadSignature,
+}
+
+impl AttemptFailure {
+    /// Label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptFailure::Connect => "connect_error",
+            AttemptFailure::Timeout => "timeout",
+            AttemptFailure::ServerError => "server_error",
+            AttemptFailure::BadSignature => "bad_signature",
+        }
+    }
+}
+
+/// Health as the pool sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not probed yet.
+    Unknown,
+    /// Serving.
+    Up,
+    /// Skipped until it passes `rise` probes.
+    Down,
+}
+
+#[derive(Debug)]
+struct Health {
+    state: State,
+    successes: u32,
+    failures: u32,
+    since: SystemTime,
+    last_success: Option<SystemTime>,
+    last_error: Option<(SystemTime, String)>,
+}
+
+/// A signer's health and activity, for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignerStatus {
+    /// Configured name.
+    pub name: String,
+    /// Where it is reached.
+    pub address: String,
+    /// Current state.
+    pub state: State,
+    /// Position in the priority order (0 = first).
+    pub priority: usize,
+    /// When the state last changed (RFC 3339).
+    pub since: String,
+    /// Last successful probe or request (RFC 3339).
+    pub last_success: Option<String>,
+    /// Last failure, with its time.
+    pub last_error: Option<String>,
+    /// When the last failure happened (RFC 3339).
+    pub last_error_at: Option<String>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// One signer: its connector, a keep-alive connection pool and its health.
+pub struct Signer {
+    name: String,
+    priority: usize,
+    connector: Arc<dyn Connect>,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    health: Mutex<Health>,
+}
+
+/// A complete answer from a signer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Whole body.
+    pub body: Bytes,
+}
+
+impl Signer {
+    /// A signer in position `priority` reached through `connector`.
+    pub fn new(name: impl Into<String>, priority: usize, connector: Arc<dyn Connect>) -> Signer {
+        Signer {
+            name: name.into(),
+            priority,
+            connector,
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::new(Health {
+                state: State::Unknown,
+                successes: 0,
+                failures: 0,
+                since: SystemTime::now(),
+                last_success: None,
+                last_error: None,
+            }),
+        }
+    }
+
+    /// Configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Current health state.
+    pub fn state(&self) -> State {
+        self.lock_health().state
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        // A poisoned lock only means a panic elsewhere while holding it; the data is
+        // plain counters, still meaningful.
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send one request and read the whole answer, reusing an idle connection when there is
+    /// one. No timeout here: callers bound the whole attempt.
+    pub async fn send(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Answer, AttemptFailure> {
+        // A reused connection may have been closed by the signer while idle; its error
+        // says nothing about the signer's health, so try once more on a fresh one.
+        if let Some(sender) = self.take_idle() {
+            if let Ok(answer) = self.exchange(sender, &method, path_and_query, body.clone()).await {
+                return Ok(answer);
+            }
+        }
+        let sender = self.open().await?;
+        self.exchange(sender, &method, path_and_query, body).await
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, AttemptFailure> {
+        let io = self.connector.connect().await.map_err(|e| {
+            debug!(signer = %self.name, error = %e, "connect failed");
+            AttemptFailure::Connect
+        })?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| AttemptFailure::Connect)?;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(signer = %name, error = %e, "signer connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn exchange(
+        &self,
+        mut sender: SendRequest<Full<Bytes>>,
+        method: &Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Answer, AttemptFailure> {
+        sender.ready().await.map_err(|_| AttemptFailure::Connect)?;
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path_and_query)
+            .header(http::header::HOST, "signer")
+            .header(http::header::ACCEPT, "application/json");
+        if !body.is_empty() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body)).map_err(|_| AttemptFailure::Connect)?;
+        let resp: Response<hyper::body::Incoming> =
+            sender.send_request(req).await.map_err(|_| AttemptFailure::Connect)?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_SIGNER_BODY)
+            .collect()
+            .await
+            .map_err(|_| AttemptFailure::Connect)?
+            .to_bytes();
+        // The answer was read whole, so the connection is ready for the next request.
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE && !sender.is_closed() {
+            idle.push(sender);
+        }
+        Ok(Answer { status, body })
+    }
+
+    /// Record a success (probe or request).
+    pub fn record_success(&self, rise: u32, metrics: &Metrics) {
+        let mut h = self.lock_health();
+        h.successes = h.successes.saturating_add(1);
+        h.failures = 0;
+        h.last_success = Some(SystemTime::now());
+        let up = match h.state {
+            State::Unknown => true,
+            State::Down => h.successes >= rise,
+            State::Up => false,
+        };
+        if up {
+            self.transition(&mut h, State::Up, metrics);
+        }
+    }
+
+    /// Record a failure. `immediate` takes the signer down at once (a failed request);
+    /// otherwise `fall` consecutive failures do (probes).
+    pub fn record_failure(&self, error: &str, fall: u32, immediate: bool, metrics: &Metrics) {
+        let mut h = self.lock_health();
+        h.failures = h.failures.saturating_add(1);
+        h.successes = 0;
+        h.last_error = Some((SystemTime::now(), error.to_string()));
+        let down = match h.state {
+            State::Unknown => true,
+            State::Up => immediate || h.failures >= fall,
+            State::Down => false,
+        };
+        if down {
+            self.transition(&mut h, State::Down, metrics);
+            // Connections to a failing signer are suspect: start afresh when it returns.
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    fn transition(&self, h: &mut Health, to: State, metrics: &Metrics) {
+        let from = h.state;
+        h.state = to;
+        h.since = SystemTime::now();
+        let up = i64::from(to == State::Up);
+        metrics.signer_up.with_label_values(&[self.name.as_str()]).set(up);
+        let label = if to == State::Up { "up" } else { "down" };
+        metrics.signer_transitions.with_label_values(&[self.name.as_str(), label]).inc();
+        match to {
+            State::Up => info!(signer = %self.name, ?from, "signer is up"),
+            _ => warn!(
+                signer = %self.name,
+                ?from,
+                error = h.last_error.as_ref().map(|e| e.1.as_str()).unwrap_or(""),
+                "signer is down"
+            ),
+        }
+    }
+
+    /// Snapshot for `/status`.
+    pub fn status(&self) -> SignerStatus {
+        let h = self.lock_health();
+        SignerStatus {
+            name: self.name.clone(),
+            address: self.connector.describe(),
+            state: h.state,
+            priority: self.priority,
+            since: rfc3339(h.since),
+            last_success: h.last_success.map(rfc3339),
+            last_error: h.last_error.as_ref().map(|e| e.1.clone()),
+            last_error_at: h.last_error.as_ref().map(|e| rfc3339(e.0)),
+        }
+    }
+}
+
+/// What a caller decides about an answer: keep it, or move to the next signer.
+pub enum Verdict<T> {
+    /// Final: return this to the client.
+    Done(T),
+    /// The signer failed; try the next one.
+    Failed(AttemptFailure, String),
+    /// The signer does not have what was asked (e.g. 404 for a key): try the next one
+    /// without holding it against the signer's health.
+    NotHere(T),
+}
+
+/// Why no signer produced an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    /// Every signer is down (or was tried and failed).
+    NoSigner {
+        /// One line per attempt, for the error trace.
+        attempts: Vec<String>,
+    },
+}
+
+/// The ordered signers and their health checks.
+pub struct Pool {
+    signers: Vec<Arc<Signer>>,
+    request_timeout: Duration,
+    health: HealthCheckConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    /// A pool over `signers` (already in priority order).
+    pub fn new(
+        signers: Vec<Arc<Signer>>,
+        request_timeout: Duration,
+        health: HealthCheckConfig,
+        metrics: Arc<Metrics>,
+    ) -> Pool {
+        for s in &signers {
+            metrics.signer_up.with_label_values(&[s.name()]).set(0);
+        }
+        Pool { signers, request_timeout, health, metrics }
+    }
+
+    /// Signers in priority order.
+    pub fn signers(&self) -> &[Arc<Signer>] {
+        &self.signers
+    }
+
+    /// True when at least one signer is up.
+    pub fn any_up(&self) -> bool {
+        self.signers.iter().any(|s| s.state() == State::Up)
+    }
+
+    /// Candidates for a request: up signers in priority order, then unknown ones.
+    fn candidates(&self) -> Vec<Arc<Signer>> {
+        let mut up: Vec<_> = self.signers.iter().filter(|s| s.state() == State::Up).cloned().collect();
+        up.extend(self.signers.iter().filter(|s| s.state() == State::Unknown).cloned());
+        up
+    }
+
+    /// Send a request to the first candidate that gives a final answer, failing over on
+    /// connect errors, timeouts, 5xx and whatever `judge` calls a failure.
+    ///
+    /// Returns the serving signer's name with the judged answer. A `NotHere` answer from
+    /// every candidate returns the last one.
+    pub async fn request<T, F>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        mut judge: F,
+    ) -> Result<(String, T), PoolError>
+    where
+        F: FnMut(&Answer) -> Verdict<T>,
+    {
+        let mut attempts = Vec::new();
+        let mut not_here = None;
+        let candidates = self.candidates();
+        for (i, signer) in candidates.iter().enumerate() {
+            let started = Instant::now();
+            let sent =
+                tokio::time::timeout(self.request_timeout, signer.send(method.clone(), path_and_query, body.clone()))
+                    .await;
+            let verdict = match sent {
+                Err(_) => Verdict::Failed(AttemptFailure::Timeout, format!("no answer within {:?}", self.request_timeout)),
+                Ok(Err(f)) => Verdict::Failed(f, f.as_str().replace('_', " ")),
+                Ok(Ok(answer)) if answer.status.is_server_error() => Verdict::Failed(
+                    AttemptFailure::ServerError,
+                    format!("answered {}: {}", answer.status, String::from_utf8_lossy(&answer.body).trim()),
+                ),
+                Ok(Ok(answer)) => judge(&answer),
+            };
+            let name = signer.name();
+            match verdict {
+                Verdict::Done(t) => {
+                    self.metrics.signer_attempts.with_label_values(&[name, "ok"]).inc();
+                    signer.record_success(self.health.rise, &self.metrics);
+                    return Ok((name.to_string(), t));
+                }
+                Verdict::NotHere(t) => {
+                    self.metrics.signer_attempts.with_label_values(&[name, "not_here"]).inc();
+                    signer.record_success(self.health.rise, &self.metrics);
+                    not_here = Some((name.to_string(), t));
+                }
+                Verdict::Failed(kind, msg) => {
+                    self.metrics.signer_attempts.with_label_values(&[name, kind.as_str()]).inc();
+                    warn!(
+                        signer = name,
+                        failure = kind.as_str(),
+                        error = %msg,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "signer attempt failed"
+                    );
+                    signer.record_failure(&msg, self.health.fall, true, &self.metrics);
+                    if i + 1 < candidates.len() {
+                        self.metrics.failovers.with_label_values(&[name]).inc();
+                    }
+                    attempts.push(format!("{name}: {msg}"));
+                }
+            }
+        }
+        if let Some(found) = not_here {
+            return Ok(found);
+        }
+        if candidates.is_empty() {
+            attempts.push("every signer is down".to_string());
+        }
+        Err(PoolError::NoSigner { attempts })
+    }
+
+    /// Start one health-check task per signer, stopped by `cancel`.
+    pub fn spawn_health_checks(self: &Arc<Self>, tracker: &TaskTracker, cancel: CancellationToken) {
+        for signer in &self.signers {
+            let pool = Arc::clone(self);
+            let signer = Arc::clone(signer);
+            let cancel = cancel.clone();
+            let span = tracing::info_span!("health", signer = %signer.name());
+            tracker.spawn(
+                async move {
+                    let mut tick = tokio::time::interval(pool.health.interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tick.tick() => {}
+                        }
+                        pool.probe(&signer).await;
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// One probe of one signer.
+    pub async fn probe(&self, signer: &Signer) {
+        let hc = &self.health;
+        let result = tokio::time::timeout(hc.timeout, signer.send(Method::GET, &hc.path, Bytes::new())).await;
+        match result {
+            Ok(Ok(a)) if a.status.is_success() => signer.record_success(hc.rise, &self.metrics),
+            Ok(Ok(a)) => signer.record_failure(&format!("health check answered {}", a.status), hc.fall, false, &self.metrics),
+            Ok(Err(f)) => signer.record_failure(&format!("health check: {}", f.as_str()), hc.fall, false, &self.metrics),
+            Err(_) => signer.record_failure(
+                &format!("health check: no answer within {:?}", hc.timeout),
+                hc.fall,
+                false,
+                &self.metrics,
+            ),
+        }
+    }
+
+    /// Status of every signer, in priority order.
+    pub fn status(&self) -> Vec<SignerStatus> {
+        self.signers.iter().map(|s| s.status()).collect()
+    }
+
+    /// The signers' names by state, for logs.
+    pub fn summary(&self) -> HashMap<String, State> {
+        self.signers.iter().map(|s| (s.name().to_string(), s.state())).collect()
+    }
+}

@@ -1,0 +1,402 @@
+//! The signing pipeline, independent of HTTP: parse → policy → public key → watermark
+//! (durable) → signer with failover → verify → release.
+//!
+//! Order matters: nothing reaches a signer before its mark is durable, and nothing leaves
+//! the gateway before its signature verified against the key the request names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use tokio::sync::OwnedMutexGuard;
+use tracing::{error, info, warn};
+
+use crate::config::Policy;
+use crate::metrics::Metrics;
+use crate::payload::{self, Kind, Payload, PayloadError};
+use crate::pool::{AttemptFailure, Pool, PoolError, Verdict};
+use crate::tezos::{blake2b_256, Pkh, PublicKey, TezosError};
+use crate::watermark::{MarkKey, MarkRequest, Outcome, WatermarkError, WatermarkStore};
+
+/// Why a request was not signed. One variant per answer a client can get.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// Malformed request (body, path or payload).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The payload parser refused the bytes.
+    #[error("cannot sign: {0}")]
+    Payload(#[from] PayloadError),
+    /// Policy does not allow this kind of request for this key.
+    #[error("policy refuses to sign {what} with {pkh}")]
+    Policy {
+        /// Key named in the request.
+        pkh: Pkh,
+        /// What was asked ("attestation", "generic operation"…).
+        what: String,
+    },
+    /// No signer knows this key.
+    #[error("unknown key {0}")]
+    UnknownKey(Pkh),
+    /// The gateway cannot verify signatures of this scheme, so it will not release them.
+    #[error("cannot sign with {pkh}: {source}")]
+    Unverifiable {
+        /// Key named in the request.
+        pkh: Pkh,
+        /// Which scheme.
+        source: TezosError,
+    },
+    /// The high watermark refused, or could not be made durable.
+    #[error(transparent)]
+    Watermark(#[from] WatermarkError),
+    /// No signer could answer.
+    #[error("no signer available ({})", .attempts.join("; "))]
+    NoSigner {
+        /// One line per failed attempt.
+        attempts: Vec<String>,
+    },
+    /// A signer refused the request itself (4xx other than 404); passed on as it said.
+    #[error("signer {signer} refused: {status} {message}")]
+    SignerRefused {
+        /// Which signer.
+        signer: String,
+        /// Its status code.
+        status: StatusCode,
+        /// Its body, as text.
+        message: String,
+    },
+}
+
+impl From<PoolError> for SignError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::NoSigner { attempts } => SignError::NoSigner { attempts },
+        }
+    }
+}
+
+impl SignError {
+    /// The HTTP status for this error (protocol.md §1). Never 502: the octez client retries
+    /// a 502 up to ten times, which would turn one refusal into ten.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            SignError::BadRequest(_) | SignError::Payload(_) => StatusCode::BAD_REQUEST,
+            SignError::Policy { .. } | SignError::Unverifiable { .. } => StatusCode::FORBIDDEN,
+            SignError::UnknownKey(_) => StatusCode::NOT_FOUND,
+            SignError::Watermark(WatermarkError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            SignError::Watermark(_) => StatusCode::CONFLICT,
+            SignError::NoSigner { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SignError::SignerRefused { status, .. } if *status == StatusCode::BAD_GATEWAY => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            SignError::SignerRefused { status, .. } => *status,
+        }
+    }
+
+    /// A stable id for the error trace.
+    pub fn id(&self) -> &'static str {
+        match self {
+            SignError::BadRequest(_) => "signer_gateway.bad_request",
+            SignError::Payload(_) => "signer_gateway.bad_payload",
+            SignError::Policy { .. } => "signer_gateway.policy_refusal",
+            SignError::Unverifiable { .. } => "signer_gateway.unverifiable_key",
+            SignError::UnknownKey(_) => "signer_gateway.unknown_key",
+            SignError::Watermark(e) => match e.reason() {
+                crate::watermark::RefusalReason::Below => "signer_gateway.below_watermark",
+                crate::watermark::RefusalReason::DifferentData => "signer_gateway.different_data",
+                crate::watermark::RefusalReason::Store => "signer_gateway.watermark_store",
+            },
+            SignError::NoSigner { .. } => "signer_gateway.no_signer",
+            SignError::SignerRefused { .. } => "signer_gateway.signer_refused",
+        }
+    }
+
+    /// `temporary` when the same request may succeed later, else `permanent`.
+    pub fn trace_kind(&self) -> &'static str {
+        match self {
+            SignError::NoSigner { .. } | SignError::Watermark(WatermarkError::Store(_)) => "temporary",
+            _ => "permanent",
+        }
+    }
+}
+
+/// A released signature and who produced it.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// base58 signature (`edsig…`).
+    pub signature: String,
+    /// Serving signer, or `cache` for an identical repeat answered from the watermark.
+    pub signer: String,
+}
+
+/// Per-(chain, key, kind) async locks, removed when unused.
+///
+/// Held from the watermark check until the signature is stored, so identical concurrent
+/// requests all get the one signature (a Ledger refuses to sign the same bytes twice) and
+/// unrelated keys never wait on each other.
+#[derive(Default)]
+struct KeyLocks {
+    map: Mutex<HashMap<MarkKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: MarkKey,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: MarkKey) -> KeyGuard<'_> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(map.entry(key).or_default())
+        };
+        let guard = m.lock_owned().await;
+        KeyGuard { locks: self, key, guard: Some(guard) }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it now: nobody waits, so drop the entry.
+        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// The signing service shared by every API connection.
+pub struct Signing {
+    pool: Arc<Pool>,
+    store: Arc<dyn WatermarkStore>,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    keys: RwLock<HashMap<Pkh, PublicKey>>,
+    locks: KeyLocks,
+}
+
+impl Signing {
+    /// Assemble the pipeline.
+    pub fn new(pool: Arc<Pool>, store: Arc<dyn WatermarkStore>, policy: Policy, metrics: Arc<Metrics>) -> Signing {
+        Signing { pool, store, policy, metrics, keys: RwLock::new(HashMap::new()), locks: KeyLocks::default() }
+    }
+
+    /// The pool, for pass-through calls and status.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The watermark store, for status.
+    pub fn store(&self) -> &Arc<dyn WatermarkStore> {
+        &self.store
+    }
+
+    /// The public key of `pkh`, from the cache or the first signer that knows it. A key
+    /// that does not hash to `pkh` is a signer failure, never cached.
+    pub async fn public_key(&self, pkh: Pkh) -> Result<PublicKey, SignError> {
+        if let Some(pk) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(&pkh) {
+            return Ok(pk.clone());
+        }
+        let path = format!("/keys/{pkh}");
+        let (_, found) = self
+            .pool
+            .request(Method::GET, &path, Bytes::new(), |a| {
+                if a.status == StatusCode::NOT_FOUND {
+                    return Verdict::NotHere(None);
+                }
+                if !a.status.is_success() {
+                    return Verdict::Failed(AttemptFailure::ServerError, format!("GET {path} answered {}", a.status));
+                }
+                match parse_field(&a.body, "public_key").and_then(|s| s.parse::<PublicKey>().ok()) {
+                    Some(pk) if pk.hash() == pkh => Verdict::Done(Some(pk)),
+                    Some(pk) => Verdict::Failed(
+                        AttemptFailure::BadSignature,
+                        format!("answered public key {pk} which is not the key of {pkh}"),
+                    ),
+                    None => Verdict::Failed(AttemptFailure::BadSignature, "unparsable public key answer".into()),
+                }
+            })
+            .await?;
+        let pk = found.ok_or(SignError::UnknownKey(pkh))?;
+        self.keys.write().unwrap_or_else(|p| p.into_inner()).insert(pkh, pk.clone());
+        Ok(pk)
+    }
+
+    /// Sign `bytes` with `pkh`. `query` (without `?`) is passed on to the signer unchanged
+    /// (`version`, `authentication`).
+    pub async fn sign(&self, pkh: Pkh, bytes: Bytes, query: Option<&str>) -> Result<Signed, SignError> {
+        let started = Instant::now();
+        let payload = payload::parse(&bytes)?;
+        let label = match payload {
+            Payload::Consensus(c) => c.kind.as_str(),
+            Payload::Generic => "generic",
+            Payload::Packed => "packed",
+        };
+        let result = self.sign_parsed(pkh, &bytes, payload, query).await;
+        match &result {
+            Ok(s) => {
+                self.metrics.sign_requests.with_label_values(&[s.signer.as_str(), label, "ok"]).inc();
+                self.metrics.sign_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+                let (level, round) = match payload {
+                    Payload::Consensus(c) => (i64::from(c.level), i64::from(c.round)),
+                    _ => (-1, -1),
+                };
+                info!(
+                    key = %pkh,
+                    kind = %label,
+                    level,
+                    round,
+                    signer = %s.signer,
+                    duration_us = started.elapsed().as_micros() as u64,
+                    "signed"
+                );
+            }
+            Err(e) => {
+                let result = match e {
+                    SignError::Watermark(_) | SignError::Policy { .. } => "refused",
+                    _ => "error",
+                };
+                self.metrics.sign_requests.with_label_values(&["none", label, result]).inc();
+                match e {
+                    SignError::Watermark(w) => {
+                        self.metrics.watermark_refusals.with_label_values(&[label, w.reason().as_str()]).inc();
+                        if matches!(w, WatermarkError::Store(_)) {
+                            error!(key = %pkh, kind = %label, error = %w, "watermark store failed: refusing to sign");
+                        } else {
+                            warn!(key = %pkh, kind = %label, reason = w.reason().as_str(), error = %w, "watermark refusal");
+                        }
+                    }
+                    SignError::Policy { .. } => {
+                        self.metrics.policy_refusals.with_label_values(&[label]).inc();
+                        warn!(key = %pkh, kind = %label, error = %e, "policy refusal");
+                    }
+                    _ => warn!(key = %pkh, kind = %label, error = %e, "sign request failed"),
+                }
+            }
+        }
+        result
+    }
+
+    async fn sign_parsed(
+        &self,
+        pkh: Pkh,
+        bytes: &Bytes,
+        payload: Payload,
+        query: Option<&str>,
+    ) -> Result<Signed, SignError> {
+        self.check_policy(pkh, payload)?;
+        let pk = self.public_key(pkh).await?;
+        // Refuse up front what cannot be verified, before a mark is raised for nothing.
+        if let PublicKey::Other { curve, .. } = &pk {
+            return Err(SignError::Unverifiable { pkh, source: TezosError::UnsupportedCurve(*curve) });
+        }
+        let path = match query {
+            Some(q) if !q.is_empty() => format!("/keys/{pkh}?{q}"),
+            _ => format!("/keys/{pkh}"),
+        };
+        let Payload::Consensus(c) = payload else {
+            // Generic and packed data carry no level: policy alone decides.
+            return self.forward(&path, bytes, &pk).await;
+        };
+        let req = MarkRequest {
+            key: MarkKey { chain: c.chain, pkh, kind: c.kind },
+            level: c.level,
+            round: c.round,
+            digest: blake2b_256(bytes),
+        };
+        let _guard = self.locks.lock(req.key).await;
+        let checked = Instant::now();
+        let outcome = self.store.check_and_record(&req).await;
+        self.metrics.watermark_duration.observe(checked.elapsed().as_secs_f64());
+        self.metrics.store_healthy.set(i64::from(self.store.health().healthy));
+        match outcome? {
+            Outcome::Repeat(Some(signature)) => return Ok(Signed { signature, signer: "cache".into() }),
+            // Same bytes as the mark but no signature kept (lost with a crash, or the first
+            // attempt failed): signing identical bytes again is not a double signature.
+            Outcome::Repeat(None) | Outcome::Recorded => {}
+        }
+        let signed = self.forward(&path, bytes, &pk).await?;
+        if let Err(e) = self.store.record_signature(&req, &signed.signature).await {
+            // The mark itself is durable; only the cached answer for repeats is lost.
+            warn!(key = %pkh, error = %e, "could not keep the signature for identical repeats");
+        }
+        Ok(signed)
+    }
+
+    fn check_policy(&self, pkh: Pkh, payload: Payload) -> Result<(), SignError> {
+        let key = self.policy.keys.get(&pkh);
+        let allowed = match payload {
+            Payload::Consensus(c) => key.map_or(&self.policy.default_kinds, |k| &k.kinds).contains(&c.kind),
+            Payload::Generic => key.is_some_and(|k| k.allow_generic),
+            Payload::Packed => key.is_some_and(|k| k.allow_packed),
+        };
+        if allowed {
+            return Ok(());
+        }
+        let what = match payload {
+            Payload::Consensus(c) => format!("{} (level {}, round {})", c.kind, c.level, c.round),
+            Payload::Generic => "a generic operation (0x03)".into(),
+            Payload::Packed => "packed data (0x05)".into(),
+        };
+        Err(SignError::Policy { pkh, what })
+    }
+
+    /// Send the bytes to the first signer that signs them with a signature that verifies.
+    async fn forward(&self, path: &str, bytes: &Bytes, pk: &PublicKey) -> Result<Signed, SignError> {
+        let body = Bytes::from(format!("\"{}\"", hex::encode(bytes)));
+        let (signer, result) = self
+            .pool
+            .request(Method::POST, path, body, |a| {
+                if a.status == StatusCode::NOT_FOUND {
+                    return Verdict::NotHere(Err(None));
+                }
+                if !a.status.is_success() {
+                    return Verdict::Done(Err(Some((a.status, String::from_utf8_lossy(&a.body).trim().to_string()))));
+                }
+                let Some(sig) = parse_field(&a.body, "signature") else {
+                    return Verdict::Failed(AttemptFailure::BadSignature, "unparsable signature answer".into());
+                };
+                match pk.verify(bytes, &sig) {
+                    Ok(()) => Verdict::Done(Ok(sig)),
+                    Err(e) => Verdict::Failed(AttemptFailure::BadSignature, format!("returned a bad signature: {e}")),
+                }
+            })
+            .await?;
+        match result {
+            Ok(signature) => Ok(Signed { signature, signer }),
+            Err(None) => Err(SignError::UnknownKey(pk.hash())),
+            Err(Some((status, message))) => Err(SignError::SignerRefused { signer, status, message }),
+        }
+    }
+
+    /// Forward a read-only call (`/authorized_keys`, `/known_keys`, `/bls_prove_possession/…`)
+    /// to the first signer that answers without a server error.
+    pub async fn pass_through(&self, path_and_query: &str) -> Result<(StatusCode, Bytes), SignError> {
+        let (_, (status, body)) = self
+            .pool
+            .request(Method::GET, path_and_query, Bytes::new(), |a| {
+                if a.status == StatusCode::NOT_FOUND {
+                    Verdict::NotHere((a.status, a.body.clone()))
+                } else {
+                    Verdict::Done((a.status, a.body.clone()))
+                }
+            })
+            .await?;
+        Ok((status, body))
+    }
+
+    /// Kinds the policy lets `pkh` sign (for logs and status).
+    pub fn allowed_kinds(&self, pkh: Pkh) -> Vec<Kind> {
+        self.policy.keys.get(&pkh).map_or(&self.policy.default_kinds, |k| &k.kinds).iter().copied().collect()
+    }
+}
+
+/// `{"<field>": "<string>"}` → the string.
+fn parse_field(body: &[u8], field: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get(field)?.as_str().map(str::to_string)
+}
