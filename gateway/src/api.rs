@@ -30,7 +30,8 @@ pub struct Api {
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -59,7 +60,12 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 }
 
 fn not_found(path: &str) -> Response<Body> {
-    error_trace(StatusCode::NOT_FOUND, "permanent", "signer_gateway.not_found", &format!("no such path: {path}"))
+    error_trace(
+        StatusCode::NOT_FOUND,
+        "permanent",
+        "signer_gateway.not_found",
+        &format!("no such path: {path}"),
+    )
 }
 
 /// The routes, after the prefix is stripped.
@@ -78,26 +84,36 @@ fn route(path: &str) -> Option<Route<'_>> {
             if let Some(k) = path.strip_prefix("/keys/") {
                 Some(Route::Key(k))
             } else {
-                path.strip_prefix("/bls_prove_possession/").map(Route::BlsProvePossession)
+                path.strip_prefix("/bls_prove_possession/")
+                    .map(Route::BlsProvePossession)
             }
         }
     }
 }
 
 fn parse_pkh(s: &str) -> Result<Pkh, Response<Body>> {
-    s.parse::<Pkh>().map_err(|e| bad_request(&format!("invalid key hash {s:?}: {e}")))
+    s.parse::<Pkh>()
+        .map_err(|e| bad_request(&format!("invalid key hash {s:?}: {e}")))
 }
 
 impl Api {
     /// The API over `signing`, served under `prefix` with bodies capped at `max_body`.
     pub fn new(signing: Arc<Signing>, metrics: Arc<Metrics>, prefix: String, max_body: usize) -> Api {
-        Api { signing, metrics, prefix, max_body }
+        Api {
+            signing,
+            metrics,
+            prefix,
+            max_body,
+        }
     }
 
     /// Handle one request; never fails (errors are responses).
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let resp = self.dispatch(req).await;
-        self.metrics.http_responses.with_label_values(&[resp.status().as_str()]).inc();
+        self.metrics
+            .http_responses
+            .with_label_values(&[resp.status().as_str()])
+            .inc();
         Ok(resp)
     }
 
@@ -161,11 +177,16 @@ impl Api {
         match self.signing.pass_through(&pq).await {
             Ok((status, body)) => {
                 // A signer's 502 must not reach the octez client as a 502 (it would retry).
-                let status = if status == StatusCode::BAD_GATEWAY { StatusCode::INTERNAL_SERVER_ERROR } else { status };
+                let status = if status == StatusCode::BAD_GATEWAY {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    status
+                };
                 if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
                     let mut r = Response::new(Full::new(body));
                     *r.status_mut() = status;
-                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     r
                 } else {
                     let msg = format!("signer answered {status}: {}", String::from_utf8_lossy(&body).trim());
@@ -238,7 +259,10 @@ mod tests {
     fn routes() {
         assert!(matches!(route("/authorized_keys"), Some(Route::AuthorizedKeys)));
         assert!(matches!(route("/keys/tz1x"), Some(Route::Key("tz1x"))));
-        assert!(matches!(route("/bls_prove_possession/tz4x"), Some(Route::BlsProvePossession("tz4x"))));
+        assert!(matches!(
+            route("/bls_prove_possession/tz4x"),
+            Some(Route::BlsProvePossession("tz4x"))
+        ));
         assert!(route("/nope").is_none());
     }
 }

@@ -44,7 +44,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), message: message.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Default signing API address: octez-signer's usual port, loopback only.
@@ -77,6 +80,10 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Signers, in priority order: the first healthy one serves.
     pub signers: Vec<SignerConfig>,
+    /// The embedded SSH server that Pi signers open reverse tunnels to (required when a
+    /// signer has `tunnel`).
+    #[serde(default)]
+    pub ssh: Option<SshConfig>,
     /// Time one signer gets for one request before the next is tried (e.g. "3s").
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -131,7 +138,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: default_admin_listen() }
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
     }
 }
 
@@ -176,7 +185,10 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { default_kinds: default_kinds(), keys: BTreeMap::new() }
+        PolicyConfig {
+            default_kinds: default_kinds(),
+            keys: BTreeMap::new(),
+        }
     }
 }
 
@@ -195,7 +207,7 @@ pub struct KeyPolicyConfig {
     pub allow_packed: bool,
 }
 
-/// One signer.
+/// One signer: reached over TCP (`address`) or through a reverse SSH tunnel (`tunnel`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerConfig {
@@ -203,7 +215,69 @@ pub struct SignerConfig {
     pub name: String,
     /// `host:port` of a signer reachable over TCP (resolved at each connect, so a
     /// Kubernetes service name works).
-    pub address: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    /// A signer that connects in over SSH and asks for a reverse forward.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSignerConfig>,
+}
+
+/// A tunnel signer's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSignerConfig {
+    /// OpenSSH public keys allowed to act as this signer (`ssh-ed25519 AAAA… comment`;
+    /// ecdsa and rsa keys are accepted too).
+    pub keys: Vec<String>,
+}
+
+/// How the gateway reaches a signer, resolved.
+#[derive(Debug, Clone)]
+pub enum SignerRoute {
+    /// Plain TCP to `host:port`.
+    Tcp(String),
+    /// Through the signer's SSH session; these keys authenticate it.
+    Tunnel(Vec<russh::keys::PublicKey>),
+}
+
+/// The embedded SSH server's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// Address the Pis connect to (default 0.0.0.0:2222).
+    #[serde(default = "default_ssh_listen")]
+    pub listen: SocketAddr,
+    /// ed25519 host key (OpenSSH format); generated (mode 0600) if missing. Its SHA256
+    /// fingerprint is logged at start and shown in /status: pin it in the tunnel clients.
+    pub host_key: PathBuf,
+    /// Server keepalive interval (default 1s).
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives before the session is dropped (default 3: a silent link is
+    /// dropped about (3 + 1) x 1s after its last byte).
+    #[serde(default = "default_keepalive_max")]
+    pub keepalive_max: usize,
+    /// A session with no traffic at all for this long is dropped (default 30s; keepalives
+    /// count as traffic, so this only catches a peer stuck mid-write).
+    #[serde(default = "default_inactivity_timeout", with = "humantime_serde")]
+    pub inactivity_timeout: Duration,
+    /// TCP_USER_TIMEOUT on every SSH socket: unacknowledged data older than this kills the
+    /// connection, which keepalives cannot notice while a write is blocked (default 5s).
+    #[serde(default = "default_tcp_user_timeout", with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+    /// Time a new connection gets to finish the handshake and authenticate (default 10s).
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Connections allowed at once before authentication; more are closed (default 64).
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Time to open a channel through a tunnel before the attempt fails over (default 1s).
+    #[serde(default = "default_channel_open_timeout", with = "humantime_serde")]
+    pub channel_open_timeout: Duration,
+    /// More replacements of one signer's session than this within a minute is reported as
+    /// two devices sharing one key (default 3).
+    #[serde(default = "default_max_replacements_per_minute")]
+    pub max_replacements_per_minute: u32,
 }
 
 /// Health-check settings.
@@ -251,6 +325,33 @@ pub enum LogFormat {
     Json,
 }
 
+fn default_ssh_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 2222))
+}
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_keepalive_max() -> usize {
+    3
+}
+fn default_inactivity_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_tcp_user_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_auth_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_unauthenticated() -> usize {
+    64
+}
+fn default_channel_open_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_replacements_per_minute() -> u32 {
+    3
+}
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 6732))
 }
@@ -318,23 +419,32 @@ pub struct Settings {
     pub config: Config,
     /// Resolved policy.
     pub policy: Policy,
+    /// How each signer of `config.signers` is reached, same order.
+    pub routes: Vec<SignerRoute>,
 }
 
 impl Config {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parse and validate config text.
     pub fn parse(text: &str) -> Result<Settings, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
         config.validate()
     }
 
@@ -342,10 +452,16 @@ impl Config {
     pub fn validate(self) -> Result<Settings, ConfigError> {
         let api = &self.api;
         if !api.path_prefix.is_empty() && (!api.path_prefix.starts_with('/') || api.path_prefix.ends_with('/')) {
-            return Err(invalid("api.path_prefix", "must start with '/' and not end with '/' (e.g. \"/signer\")"));
+            return Err(invalid(
+                "api.path_prefix",
+                "must start with '/' and not end with '/' (e.g. \"/signer\")",
+            ));
         }
         if api.max_body_bytes < 256 {
-            return Err(invalid("api.max_body_bytes", "must be at least 256 (a block payload is ~234 bytes)"));
+            return Err(invalid(
+                "api.max_body_bytes",
+                "must be at least 256 (a block payload is ~234 bytes)",
+            ));
         }
         if api.max_connections == 0 {
             return Err(invalid("api.max_connections", "must be at least 1"));
@@ -366,10 +482,14 @@ impl Config {
             return Err(invalid("signers", "at least one signer is required"));
         }
         let mut names = BTreeSet::new();
+        let mut routes = Vec::with_capacity(self.signers.len());
+        let mut tunnel_keys: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
         for (i, s) in self.signers.iter().enumerate() {
             let valid_name = !s.name.is_empty()
                 && s.name.len() <= 64
-                && s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
             if !valid_name {
                 return Err(invalid(
                     format!("signers[{i}].name"),
@@ -377,9 +497,57 @@ impl Config {
                 ));
             }
             if !names.insert(s.name.as_str()) {
-                return Err(invalid(format!("signers[{i}].name"), format!("duplicate signer name {:?}", s.name)));
+                return Err(invalid(
+                    format!("signers[{i}].name"),
+                    format!("duplicate signer name {:?}", s.name),
+                ));
             }
-            check_host_port(&s.address).map_err(|m| invalid(format!("signers[{i}].address"), m))?;
+            routes.push(match (&s.address, &s.tunnel) {
+                (Some(address), None) => {
+                    check_host_port(address).map_err(|m| invalid(format!("signers[{i}].address"), m))?;
+                    SignerRoute::Tcp(address.clone())
+                }
+                (None, Some(t)) => {
+                    if t.keys.is_empty() {
+                        return Err(invalid(
+                            format!("signers[{i}].tunnel.keys"),
+                            "at least one public key is required",
+                        ));
+                    }
+                    let mut keys = Vec::with_capacity(t.keys.len());
+                    for (j, line) in t.keys.iter().enumerate() {
+                        let field = format!("signers[{i}].tunnel.keys[{j}]");
+                        let key = russh::keys::PublicKey::from_openssh(line.trim())
+                            .map_err(|e| invalid(field.clone(), format!("not an OpenSSH public key line: {e}")))?;
+                        let bytes = key.to_bytes().map_err(|e| invalid(field.clone(), e.to_string()))?;
+                        if let Some(other) = tunnel_keys.insert(bytes, i) {
+                            return Err(invalid(
+                                field,
+                                format!("this key is already listed for signers[{other}]"),
+                            ));
+                        }
+                        keys.push(key);
+                    }
+                    SignerRoute::Tunnel(keys)
+                }
+                _ => {
+                    return Err(invalid(
+                        format!("signers[{i}]"),
+                        "set exactly one of `address` and `tunnel`",
+                    ));
+                }
+            });
+        }
+        let has_tunnels = routes.iter().any(|r| matches!(r, SignerRoute::Tunnel(_)));
+        match &self.ssh {
+            None if has_tunnels => {
+                return Err(invalid(
+                    "ssh",
+                    "required when a signer has `tunnel` (the SSH server it connects to)",
+                ));
+            }
+            Some(ssh) => ssh.validate()?,
+            None => {}
         }
         if self.request_timeout.is_zero() {
             return Err(invalid("request_timeout", "must be greater than zero"));
@@ -401,7 +569,11 @@ impl Config {
             return Err(invalid("health_check.fall", "must be at least 1"));
         }
         let policy = self.resolve_policy()?;
-        Ok(Settings { config: self, policy })
+        Ok(Settings {
+            config: self,
+            policy,
+            routes,
+        })
     }
 
     fn resolve_policy(&self) -> Result<Policy, ConfigError> {
@@ -409,14 +581,53 @@ impl Config {
         let mut keys = BTreeMap::new();
         for (name, k) in &self.policy.keys {
             let field = format!("policy.keys.{name}");
-            let pkh: Pkh = name.parse().map_err(|e| invalid(field.clone(), format!("not a tz address: {e}")))?;
+            let pkh: Pkh = name
+                .parse()
+                .map_err(|e| invalid(field.clone(), format!("not a tz address: {e}")))?;
             let kinds = match &k.kinds {
                 Some(list) => list.iter().copied().collect(),
                 None => default_kinds.clone(),
             };
-            keys.insert(pkh, KeyPolicy { kinds, allow_generic: k.allow_generic, allow_packed: k.allow_packed });
+            keys.insert(
+                pkh,
+                KeyPolicy {
+                    kinds,
+                    allow_generic: k.allow_generic,
+                    allow_packed: k.allow_packed,
+                },
+            );
         }
         Ok(Policy { default_kinds, keys })
+    }
+}
+
+impl SshConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("ssh.keepalive_interval", self.keepalive_interval),
+            ("ssh.inactivity_timeout", self.inactivity_timeout),
+            ("ssh.tcp_user_timeout", self.tcp_user_timeout),
+            ("ssh.auth_timeout", self.auth_timeout),
+            ("ssh.channel_open_timeout", self.channel_open_timeout),
+        ];
+        for (field, d) in positive {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.keepalive_max == 0 {
+            return Err(invalid(
+                "ssh.keepalive_max",
+                "must be at least 1 (0 would never drop a silent peer)",
+            ));
+        }
+        if self.max_unauthenticated == 0 {
+            return Err(invalid("ssh.max_unauthenticated", "must be at least 1"));
+        }
+        if self.host_key.as_os_str().is_empty() {
+            return Err(invalid("ssh.host_key", "must be a file path"));
+        }
+        Ok(())
     }
 }
 
@@ -428,7 +639,9 @@ fn check_host_port(s: &str) -> Result<(), String> {
     let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
     let port_ok = port.parse::<u16>().map(|p| p != 0).unwrap_or(false);
     let host_ok = !host.is_empty()
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' || c == '[' || c == ']');
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' || c == '[' || c == ']');
     if !port_ok {
         return Err(format!("{s:?}: port must be 1-65535"));
     }
@@ -470,7 +683,10 @@ signers:
 
     #[test]
     fn durations_are_human_readable() {
-        let s = Config::parse(&format!("{MINIMAL}request_timeout: 500ms\nhealth_check:\n  interval: 3s\n")).unwrap();
+        let s = Config::parse(&format!(
+            "{MINIMAL}request_timeout: 500ms\nhealth_check:\n  interval: 3s\n"
+        ))
+        .unwrap();
         assert_eq!(s.config.request_timeout, Duration::from_millis(500));
         assert_eq!(s.config.health_check.interval, Duration::from_secs(3));
         assert!(err(&format!("{MINIMAL}request_timeout: soon\n")).contains("request_timeout"));
@@ -486,22 +702,87 @@ signers:
     #[test]
     fn invalid_values_name_their_field() {
         let cases: &[(&str, &str)] = &[
-            ("watermark: {}\nsigners: [{name: a, address: '127.0.0.1:1'}]\n", "watermark.dir"),
+            (
+                "watermark: {}\nsigners: [{name: a, address: '127.0.0.1:1'}]\n",
+                "watermark.dir",
+            ),
             ("watermark: {dir: /x}\nsigners: []\n", "signers"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: '127.0.0.1:1'}, {name: a, address: 'h:2'}]\n", "signers[1].name"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'nohost'}]\n", "signers[0].address"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:0'}]\n", "signers[0].address"),
-            ("watermark: {dir: /x}\nsigners: [{name: 'a b', address: 'h:1'}]\n", "signers[0].name"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\napi: {path_prefix: signer}\n", "api.path_prefix"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nhealth_check: {rise: 0}\n", "health_check.rise"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nhealth_check: {path: x}\n", "health_check.path"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nrequest_timeout: 0s\n", "request_timeout"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\npolicy: {keys: {tz1nope: {}}}\n", "policy.keys.tz1nope"),
-            ("watermark: {backend: memory, dir: /x}\nsigners: [{name: a, address: 'h:1'}]\n", "watermark.dir"),
-            ("watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\npolicy: {default_kinds: [blok]}\n", "blok"),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: '127.0.0.1:1'}, {name: a, address: 'h:2'}]\n",
+                "signers[1].name",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'nohost'}]\n",
+                "signers[0].address",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:0'}]\n",
+                "signers[0].address",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: 'a b', address: 'h:1'}]\n",
+                "signers[0].name",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\napi: {path_prefix: signer}\n",
+                "api.path_prefix",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nhealth_check: {rise: 0}\n",
+                "health_check.rise",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nhealth_check: {path: x}\n",
+                "health_check.path",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nrequest_timeout: 0s\n",
+                "request_timeout",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\npolicy: {keys: {tz1nope: {}}}\n",
+                "policy.keys.tz1nope",
+            ),
+            (
+                "watermark: {backend: memory, dir: /x}\nsigners: [{name: a, address: 'h:1'}]\n",
+                "watermark.dir",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\npolicy: {default_kinds: [blok]}\n",
+                "blok",
+            ),
         ];
         for (text, field) in cases {
             let e = err(text);
+            assert!(e.contains(field), "error for {field} does not name it: {e}");
+        }
+    }
+
+    const PI_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBsc55qcwJVsJ6HxKH/W8irwSnJYsYWu6cEhZf3VGw2U pi-test";
+
+    #[test]
+    fn tunnel_signers() {
+        let text = format!(
+            "watermark: {{dir: /x}}\nssh: {{host_key: /x/key}}\nsigners:\n  - {{name: pi, tunnel: {{keys: ['{PI_KEY}']}}}}\n  - {{name: c, address: 'h:1'}}\n"
+        );
+        let s = Config::parse(&text).unwrap();
+        assert!(matches!(&s.routes[0], SignerRoute::Tunnel(k) if k.len() == 1));
+        assert!(matches!(&s.routes[1], SignerRoute::Tcp(a) if a == "h:1"));
+        let ssh = s.config.ssh.unwrap();
+        assert_eq!(ssh.listen.to_string(), "0.0.0.0:2222");
+        assert_eq!(ssh.keepalive_interval, Duration::from_secs(1));
+
+        let cases: Vec<(String, &str)> = vec![
+            (format!("watermark: {{dir: /x}}\nsigners: [{{name: pi, tunnel: {{keys: ['{PI_KEY}']}}}}]\n"), "`ssh`"),
+            ("watermark: {dir: /x}\nsigners: [{name: a}]\n".into(), "signers[0]"),
+            (format!("watermark: {{dir: /x}}\nssh: {{host_key: /k}}\nsigners: [{{name: a, address: 'h:1', tunnel: {{keys: ['{PI_KEY}']}}}}]\n"), "signers[0]"),
+            ("watermark: {dir: /x}\nssh: {host_key: /k}\nsigners: [{name: a, tunnel: {keys: ['ssh-ed25519 AAAAnope']}}]\n".into(), "signers[0].tunnel.keys[0]"),
+            ("watermark: {dir: /x}\nssh: {host_key: /k}\nsigners: [{name: a, tunnel: {keys: []}}]\n".into(), "signers[0].tunnel.keys"),
+            (format!("watermark: {{dir: /x}}\nssh: {{host_key: /k}}\nsigners: [{{name: a, tunnel: {{keys: ['{PI_KEY}']}}}}, {{name: b, tunnel: {{keys: ['{PI_KEY}']}}}}]\n"), "signers[1].tunnel.keys[0]"),
+            (format!("watermark: {{dir: /x}}\nssh: {{host_key: /k, keepalive_max: 0}}\nsigners: [{{name: a, tunnel: {{keys: ['{PI_KEY}']}}}}]\n"), "ssh.keepalive_max"),
+        ];
+        for (text, field) in cases {
+            let e = err(&text);
             assert!(e.contains(field), "error for {field} does not name it: {e}");
         }
     }

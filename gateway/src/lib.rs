@@ -14,6 +14,8 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`server`]: accept loops, connection limits, graceful shutdown.
+//! - [`tunnel`]: the embedded SSH server Pi signers open reverse tunnels to; routes by
+//!   identity, newest session wins.
 //!
 //! `main` parses flags and calls [`Gateway::start`] then [`Gateway::run`]; tests and
 //! benchmarks call the same two.
@@ -29,6 +31,7 @@ pub mod pool;
 pub mod server;
 pub mod signing;
 pub mod tezos;
+pub mod tunnel;
 pub mod watermark;
 
 use std::net::SocketAddr;
@@ -40,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Settings, WatermarkBackend, WatermarkConfig};
-use crate::pool::{Pool, Signer, TcpConnect};
+use crate::config::{Settings, SignerRoute, WatermarkBackend, WatermarkConfig};
+use crate::pool::{Connect, Pool, PoolObserver, Signer, TcpConnect};
 use crate::watermark::{FileStore, MemoryStore, OpenError, WatermarkStore};
 
 /// Why the gateway could not start.
@@ -61,6 +64,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The SSH broker could not start (host key, port).
+    #[error(transparent)]
+    Broker(#[from] tunnel::BrokerError),
     /// Internal set-up failure (metrics registry).
     #[error("internal: {0}")]
     Internal(String),
@@ -91,6 +97,7 @@ pub struct Gateway {
     settings: Settings,
     api_listener: TcpListener,
     admin_listener: TcpListener,
+    ssh: Option<(Arc<tunnel::Broker>, TcpListener)>,
     signing: Arc<signing::Signing>,
     metrics: Arc<metrics::Metrics>,
 }
@@ -103,19 +110,73 @@ impl Gateway {
         let store = open_store(&cfg.watermark).await?;
         metrics.store_healthy.set(i64::from(store.health().healthy));
         let bind = |what, addr| async move {
-            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
         let api_listener = bind("api.listen", cfg.api.listen).await?;
         let admin_listener = bind("admin.listen", cfg.admin.listen).await?;
-        let signers = cfg
-            .signers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Arc::new(Signer::new(s.name.clone(), i, Arc::new(TcpConnect::new(s.address.clone())))))
-            .collect();
-        let pool = Arc::new(Pool::new(signers, cfg.request_timeout, cfg.health_check.clone(), Arc::clone(&metrics)));
-        let signing = Arc::new(signing::Signing::new(pool, store, settings.policy.clone(), Arc::clone(&metrics)));
-        Ok(Gateway { settings, api_listener, admin_listener, signing, metrics })
+        let ssh = match &cfg.ssh {
+            Some(ssh_cfg) => {
+                let path = ssh_cfg.host_key.clone();
+                let key = tokio::task::spawn_blocking(move || tunnel::load_or_create_host_key(&path))
+                    .await
+                    .map_err(|e| StartError::Internal(format!("loading the host key panicked: {e}")))??;
+                let tunnel_signers = cfg
+                    .signers
+                    .iter()
+                    .zip(&settings.routes)
+                    .filter_map(|(s, r)| match r {
+                        SignerRoute::Tunnel(keys) => Some((s.name.clone(), keys.clone())),
+                        SignerRoute::Tcp(_) => None,
+                    })
+                    .collect();
+                let broker = Arc::new(tunnel::Broker::new(
+                    ssh_cfg.clone(),
+                    key,
+                    tunnel_signers,
+                    Arc::clone(&metrics),
+                ));
+                let listener = broker.bind().await?;
+                info!(fingerprint = broker.fingerprint(), "ssh host key");
+                Some((broker, listener))
+            }
+            None => None,
+        };
+        let mut signers = Vec::with_capacity(cfg.signers.len());
+        for (i, (s, route)) in cfg.signers.iter().zip(&settings.routes).enumerate() {
+            let connector: Arc<dyn Connect> = match (route, &ssh) {
+                (SignerRoute::Tcp(address), _) => Arc::new(TcpConnect::new(address.clone())),
+                (SignerRoute::Tunnel(_), Some((broker, _))) => Arc::new(broker.connector(&s.name)),
+                (SignerRoute::Tunnel(_), None) => {
+                    return Err(StartError::Internal(format!("signer {} needs the ssh section", s.name)));
+                }
+            };
+            signers.push(Arc::new(Signer::new(s.name.clone(), i, connector)));
+        }
+        let pool = Arc::new(Pool::new(
+            signers,
+            cfg.request_timeout,
+            cfg.health_check.clone(),
+            Arc::clone(&metrics),
+        ));
+        if let Some((broker, _)) = &ssh {
+            broker.set_observer(Arc::new(PoolObserver(Arc::downgrade(&pool))));
+        }
+        let signing = Arc::new(signing::Signing::new(
+            pool,
+            store,
+            settings.policy.clone(),
+            Arc::clone(&metrics),
+        ));
+        Ok(Gateway {
+            settings,
+            api_listener,
+            admin_listener,
+            ssh,
+            signing,
+            metrics,
+        })
     }
 
     /// Address the signing API listens on.
@@ -126,6 +187,16 @@ impl Gateway {
     /// Address the admin endpoint listens on.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
         self.admin_listener.local_addr()
+    }
+
+    /// Address the SSH broker listens on, if configured.
+    pub fn ssh_addr(&self) -> Option<SocketAddr> {
+        self.ssh.as_ref().and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    /// SHA256 fingerprint of the SSH host key, if the broker is configured.
+    pub fn ssh_fingerprint(&self) -> Option<String> {
+        self.ssh.as_ref().map(|(b, _)| b.fingerprint().to_string())
     }
 
     /// Serve until `shutdown` fires, then stop accepting, give in-flight requests
@@ -142,7 +213,15 @@ impl Gateway {
             cfg.api.path_prefix.clone(),
             cfg.api.max_body_bytes,
         ));
-        let admin = Arc::new(admin::Admin::new(Arc::clone(&self.signing), Arc::clone(&self.metrics)));
+        let broker = self.ssh.as_ref().map(|(b, _)| Arc::clone(b));
+        let admin = Arc::new(admin::Admin::new(
+            Arc::clone(&self.signing),
+            Arc::clone(&self.metrics),
+            broker,
+        ));
+        let ssh_loop = self
+            .ssh
+            .map(|(broker, listener)| tracker.spawn(broker.serve(listener, tracker.clone(), shutdown.clone())));
         let api_graceful = Arc::new(GracefulShutdown::new());
         let admin_graceful = Arc::new(GracefulShutdown::new());
         let api_loop = tracker.spawn(server::serve(
@@ -166,6 +245,9 @@ impl Gateway {
         // graceful handles and they can be consumed.
         let _ = api_loop.await;
         let _ = admin_loop.await;
+        if let Some(l) = ssh_loop {
+            let _ = l.await;
+        }
         let drain = async {
             if let Some(g) = Arc::into_inner(api_graceful) {
                 g.shutdown().await;

@@ -19,10 +19,20 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "signer-gateway", version, about = "Tezos remote-signer gateway with a durable high watermark")]
+#[command(
+    name = "signer-gateway",
+    version,
+    about = "Tezos remote-signer gateway with a durable high watermark"
+)]
 struct Cli {
     /// Configuration file (YAML).
-    #[arg(long, short, global = true, env = "SIGNER_GATEWAY_CONFIG", default_value = "/etc/signer-gateway/gateway.yaml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SIGNER_GATEWAY_CONFIG",
+        default_value = "/etc/signer-gateway/gateway.yaml"
+    )]
     config: PathBuf,
     /// Log format (overrides the config's `log_format`).
     #[arg(long, global = true, value_enum)]
@@ -74,14 +84,18 @@ enum WatermarkCommand {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    s.parse().map_err(|_| format!("{s:?} is not one of block, preattestation, attestation"))
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of block, preattestation, attestation"))
 }
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -128,7 +142,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let (api, admin) = (gateway.api_addr()?, gateway.admin_addr()?);
     info!(%api, %admin, "signer-gateway listening");
     // One machine-readable line on stdout: tests and scripts wait for it.
-    println!("signer-gateway ready api={api} admin={admin}");
+    match (gateway.ssh_addr(), gateway.ssh_fingerprint()) {
+        (Some(ssh), Some(fp)) => println!("signer-gateway ready api={api} admin={admin} ssh={ssh} host_key={fp}"),
+        _ => println!("signer-gateway ready api={api} admin={admin}"),
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     gateway.run(shutdown).await;
@@ -175,13 +192,25 @@ async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Resu
                     .collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {
-                println!("{:<16} {:<37} {:<15} {:>10} {:>6}", "CHAIN", "KEY", "KIND", "LEVEL", "ROUND");
+                println!(
+                    "{:<16} {:<37} {:<15} {:>10} {:>6}",
+                    "CHAIN", "KEY", "KIND", "LEVEL", "ROUND"
+                );
                 for (k, m) in marks {
-                    println!("{:<16} {:<37} {:<15} {:>10} {:>6}", k.chain, k.pkh, k.kind, m.level, m.round);
+                    println!(
+                        "{:<16} {:<37} {:<15} {:>10} {:>6}",
+                        k.chain, k.pkh, k.kind, m.level, m.round
+                    );
                 }
             }
         }
-        WatermarkCommand::Set { chain, key, kind, level, round } => {
+        WatermarkCommand::Set {
+            chain,
+            key,
+            kind,
+            level,
+            round,
+        } => {
             if level < 0 || round < 0 {
                 anyhow::bail!("--level and --round must not be negative");
             }

@@ -31,6 +31,21 @@ pub struct Metrics {
     pub http_responses: IntCounterVec,
     /// 1 while the watermark store can make marks durable.
     pub store_healthy: IntGauge,
+    /// 1 while a tunnel signer's session carries its forward.
+    pub tunnel_connected: IntGaugeVec,
+    /// SSH connections by outcome (`accepted`, `rejected_unknown_key`, `rejected_auth_method`,
+    /// `rejected_auth_timeout`, `rejected_too_many_unauthenticated`).
+    pub ssh_sessions: IntCounterVec,
+    /// Requests refused on authenticated sessions (`session`, `direct_tcpip`, `streamlocal`).
+    pub ssh_refused_requests: IntCounterVec,
+    /// A newer session of a signer replaced an older one.
+    pub tunnel_replacements: IntCounterVec,
+    /// Replacements beyond `ssh.max_replacements_per_minute`: two devices on one key?
+    pub tunnel_replacement_storms: IntCounterVec,
+    /// Tunnel sessions dropped because keepalives went unanswered.
+    pub tunnel_keepalive_timeouts: IntCounterVec,
+    /// Time to open a forwarded channel through a tunnel.
+    pub tunnel_channel_open: Histogram,
 }
 
 impl Metrics {
@@ -52,8 +67,11 @@ impl Metrics {
             "Sign requests refused by the high watermark",
             &["kind", "reason"],
         )?;
-        let policy_refusals =
-            counter("signer_gateway_policy_refusals_total", "Sign requests refused by policy", &["kind"])?;
+        let policy_refusals = counter(
+            "signer_gateway_policy_refusals_total",
+            "Sign requests refused by policy",
+            &["kind"],
+        )?;
         let signer_attempts = counter(
             "signer_gateway_signer_attempts_total",
             "Requests sent to each signer, by result",
@@ -69,9 +87,14 @@ impl Metrics {
             "Signer health transitions, by new state",
             &["signer", "state"],
         )?;
-        let http_responses =
-            counter("signer_gateway_http_responses_total", "Signing API responses by status code", &["code"])?;
-        let buckets = vec![0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0];
+        let http_responses = counter(
+            "signer_gateway_http_responses_total",
+            "Signing API responses by status code",
+            &["code"],
+        )?;
+        let buckets = vec![
+            0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
+        ];
         let sign_duration = HistogramVec::new(
             HistogramOpts::new("signer_gateway_sign_duration_seconds", "Latency of successful signs")
                 .buckets(buckets.clone()),
@@ -79,8 +102,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(sign_duration.clone()))?;
         let watermark_duration = Histogram::with_opts(
-            HistogramOpts::new("signer_gateway_watermark_duration_seconds", "Watermark check-and-record latency")
-                .buckets(buckets),
+            HistogramOpts::new(
+                "signer_gateway_watermark_duration_seconds",
+                "Watermark check-and-record latency",
+            )
+            .buckets(buckets),
         )?;
         registry.register(Box::new(watermark_duration.clone()))?;
         let signer_up = IntGaugeVec::new(
@@ -88,10 +114,58 @@ impl Metrics {
             &["signer"],
         )?;
         registry.register(Box::new(signer_up.clone()))?;
-        let store_healthy =
-            IntGauge::new("signer_gateway_watermark_store_healthy", "1 while the watermark store is usable")?;
+        let store_healthy = IntGauge::new(
+            "signer_gateway_watermark_store_healthy",
+            "1 while the watermark store is usable",
+        )?;
         registry.register(Box::new(store_healthy.clone()))?;
-        let build = IntGaugeVec::new(Opts::new("signer_gateway_build_info", "Build information"), &["version"])?;
+        let tunnel_connected = IntGaugeVec::new(
+            Opts::new(
+                "signer_gateway_tunnel_connected",
+                "1 while the signer's SSH tunnel is connected",
+            ),
+            &["signer"],
+        )?;
+        registry.register(Box::new(tunnel_connected.clone()))?;
+        let ssh_sessions = counter(
+            "signer_gateway_ssh_sessions_total",
+            "SSH connections by outcome",
+            &["result"],
+        )?;
+        let ssh_refused_requests = counter(
+            "signer_gateway_ssh_refused_requests_total",
+            "Channel and forwarding requests refused on authenticated SSH sessions",
+            &["kind"],
+        )?;
+        let tunnel_replacements = counter(
+            "signer_gateway_tunnel_replacements_total",
+            "Tunnel sessions replaced by a newer session of the same signer",
+            &["signer"],
+        )?;
+        let tunnel_replacement_storms = counter(
+            "signer_gateway_tunnel_replacement_storms_total",
+            "Replacements beyond the per-minute limit (two devices sharing one key?)",
+            &["signer"],
+        )?;
+        let tunnel_keepalive_timeouts = counter(
+            "signer_gateway_tunnel_keepalive_timeouts_total",
+            "Tunnel sessions dropped after unanswered keepalives",
+            &["signer"],
+        )?;
+        let tunnel_channel_open = Histogram::with_opts(
+            HistogramOpts::new(
+                "signer_gateway_tunnel_channel_open_seconds",
+                "Time to open a channel through a tunnel",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(tunnel_channel_open.clone()))?;
+        let build = IntGaugeVec::new(
+            Opts::new("signer_gateway_build_info", "Build information"),
+            &["version"],
+        )?;
         registry.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(Metrics {
@@ -107,6 +181,13 @@ impl Metrics {
             signer_transitions,
             http_responses,
             store_healthy,
+            tunnel_connected,
+            ssh_sessions,
+            ssh_refused_requests,
+            tunnel_replacements,
+            tunnel_replacement_storms,
+            tunnel_keepalive_timeouts,
+            tunnel_channel_open,
         })
     }
 

@@ -57,7 +57,9 @@ pub struct TcpConnect {
 impl TcpConnect {
     /// Connector for `host:port`.
     pub fn new(address: impl Into<String>) -> TcpConnect {
-        TcpConnect { address: address.into() }
+        TcpConnect {
+            address: address.into(),
+        }
     }
 }
 
@@ -236,8 +238,9 @@ impl Signer {
             debug!(signer = %self.name, error = %e, "connect failed");
             AttemptFailure::Connect
         })?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| AttemptFailure::Connect)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|_| AttemptFailure::Connect)?;
         let name = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -322,7 +325,10 @@ impl Signer {
         let up = i64::from(to == State::Up);
         metrics.signer_up.with_label_values(&[self.name.as_str()]).set(up);
         let label = if to == State::Up { "up" } else { "down" };
-        metrics.signer_transitions.with_label_values(&[self.name.as_str(), label]).inc();
+        metrics
+            .signer_transitions
+            .with_label_values(&[self.name.as_str(), label])
+            .inc();
         match to {
             State::Up => info!(signer = %self.name, ?from, "signer is up"),
             _ => warn!(
@@ -332,6 +338,11 @@ impl Signer {
                 "signer is down"
             ),
         }
+    }
+
+    /// Forget idle connections (they ran over a session that is gone or replaced).
+    pub fn reset_connections(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Snapshot for `/status`.
@@ -371,6 +382,17 @@ pub enum PoolError {
     },
 }
 
+/// Connects a tunnel broker's route changes to the pool without a reference cycle.
+pub struct PoolObserver(pub std::sync::Weak<Pool>);
+
+impl crate::tunnel::RouteObserver for PoolObserver {
+    fn route_changed(&self, signer: &str, up: bool, reason: &str) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.route_changed(signer, up, reason);
+        }
+    }
+}
+
 /// The ordered signers and their health checks.
 pub struct Pool {
     signers: Vec<Arc<Signer>>,
@@ -390,7 +412,12 @@ impl Pool {
         for s in &signers {
             metrics.signer_up.with_label_values(&[s.name()]).set(0);
         }
-        Pool { signers, request_timeout, health, metrics }
+        Pool {
+            signers,
+            request_timeout,
+            health,
+            metrics,
+        }
     }
 
     /// Signers in priority order.
@@ -405,7 +432,12 @@ impl Pool {
 
     /// Candidates for a request: up signers in priority order, then unknown ones.
     fn candidates(&self) -> Vec<Arc<Signer>> {
-        let mut up: Vec<_> = self.signers.iter().filter(|s| s.state() == State::Up).cloned().collect();
+        let mut up: Vec<_> = self
+            .signers
+            .iter()
+            .filter(|s| s.state() == State::Up)
+            .cloned()
+            .collect();
         up.extend(self.signers.iter().filter(|s| s.state() == State::Unknown).cloned());
         up
     }
@@ -430,15 +462,24 @@ impl Pool {
         let candidates = self.candidates();
         for (i, signer) in candidates.iter().enumerate() {
             let started = Instant::now();
-            let sent =
-                tokio::time::timeout(self.request_timeout, signer.send(method.clone(), path_and_query, body.clone()))
-                    .await;
+            let sent = tokio::time::timeout(
+                self.request_timeout,
+                signer.send(method.clone(), path_and_query, body.clone()),
+            )
+            .await;
             let verdict = match sent {
-                Err(_) => Verdict::Failed(AttemptFailure::Timeout, format!("no answer within {:?}", self.request_timeout)),
+                Err(_) => Verdict::Failed(
+                    AttemptFailure::Timeout,
+                    format!("no answer within {:?}", self.request_timeout),
+                ),
                 Ok(Err(f)) => Verdict::Failed(f, f.as_str().replace('_', " ")),
                 Ok(Ok(answer)) if answer.status.is_server_error() => Verdict::Failed(
                     AttemptFailure::ServerError,
-                    format!("answered {}: {}", answer.status, String::from_utf8_lossy(&answer.body).trim()),
+                    format!(
+                        "answered {}: {}",
+                        answer.status,
+                        String::from_utf8_lossy(&answer.body).trim()
+                    ),
                 ),
                 Ok(Ok(answer)) => judge(&answer),
             };
@@ -450,12 +491,18 @@ impl Pool {
                     return Ok((name.to_string(), t));
                 }
                 Verdict::NotHere(t) => {
-                    self.metrics.signer_attempts.with_label_values(&[name, "not_here"]).inc();
+                    self.metrics
+                        .signer_attempts
+                        .with_label_values(&[name, "not_here"])
+                        .inc();
                     signer.record_success(self.health.rise, &self.metrics);
                     not_here = Some((name.to_string(), t));
                 }
                 Verdict::Failed(kind, msg) => {
-                    self.metrics.signer_attempts.with_label_values(&[name, kind.as_str()]).inc();
+                    self.metrics
+                        .signer_attempts
+                        .with_label_values(&[name, kind.as_str()])
+                        .inc();
                     warn!(
                         signer = name,
                         failure = kind.as_str(),
@@ -510,8 +557,15 @@ impl Pool {
         let result = tokio::time::timeout(hc.timeout, signer.send(Method::GET, &hc.path, Bytes::new())).await;
         match result {
             Ok(Ok(a)) if a.status.is_success() => signer.record_success(hc.rise, &self.metrics),
-            Ok(Ok(a)) => signer.record_failure(&format!("health check answered {}", a.status), hc.fall, false, &self.metrics),
-            Ok(Err(f)) => signer.record_failure(&format!("health check: {}", f.as_str()), hc.fall, false, &self.metrics),
+            Ok(Ok(a)) => signer.record_failure(
+                &format!("health check answered {}", a.status),
+                hc.fall,
+                false,
+                &self.metrics,
+            ),
+            Ok(Err(f)) => {
+                signer.record_failure(&format!("health check: {}", f.as_str()), hc.fall, false, &self.metrics)
+            }
             Err(_) => signer.record_failure(
                 &format!("health check: no answer within {:?}", hc.timeout),
                 hc.fall,
@@ -519,6 +573,30 @@ impl Pool {
                 &self.metrics,
             ),
         }
+    }
+
+    /// A tunnel's route changed: when it went away, take the signer down at once (the next
+    /// request goes straight to the next signer); when a session came up, probe it right
+    /// away instead of waiting for the next interval.
+    pub fn route_changed(self: &Arc<Self>, name: &str, up: bool, reason: &str) {
+        let Some(signer) = self.signers.iter().find(|s| s.name() == name).cloned() else {
+            return;
+        };
+        signer.reset_connections();
+        if !up {
+            signer.record_failure(&format!("tunnel: {reason}"), self.health.fall, true, &self.metrics);
+            return;
+        }
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            for _ in 0..pool.health.rise {
+                pool.probe(&signer).await;
+                if signer.state() == State::Up {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
     }
 
     /// Status of every signer, in priority order.

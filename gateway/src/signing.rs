@@ -154,7 +154,11 @@ impl KeyLocks {
             Arc::clone(map.entry(key).or_default())
         };
         let guard = m.lock_owned().await;
-        KeyGuard { locks: self, key, guard: Some(guard) }
+        KeyGuard {
+            locks: self,
+            key,
+            guard: Some(guard),
+        }
     }
 }
 
@@ -182,7 +186,14 @@ pub struct Signing {
 impl Signing {
     /// Assemble the pipeline.
     pub fn new(pool: Arc<Pool>, store: Arc<dyn WatermarkStore>, policy: Policy, metrics: Arc<Metrics>) -> Signing {
-        Signing { pool, store, policy, metrics, keys: RwLock::new(HashMap::new()), locks: KeyLocks::default() }
+        Signing {
+            pool,
+            store,
+            policy,
+            metrics,
+            keys: RwLock::new(HashMap::new()),
+            locks: KeyLocks::default(),
+        }
     }
 
     /// The pool, for pass-through calls and status.
@@ -222,7 +233,10 @@ impl Signing {
             })
             .await?;
         let pk = found.ok_or(SignError::UnknownKey(pkh))?;
-        self.keys.write().unwrap_or_else(|p| p.into_inner()).insert(pkh, pk.clone());
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pkh, pk.clone());
         Ok(pk)
     }
 
@@ -239,8 +253,14 @@ impl Signing {
         let result = self.sign_parsed(pkh, &bytes, payload, query).await;
         match &result {
             Ok(s) => {
-                self.metrics.sign_requests.with_label_values(&[s.signer.as_str(), label, "ok"]).inc();
-                self.metrics.sign_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .sign_requests
+                    .with_label_values(&[s.signer.as_str(), label, "ok"])
+                    .inc();
+                self.metrics
+                    .sign_duration
+                    .with_label_values(&[label])
+                    .observe(started.elapsed().as_secs_f64());
                 let (level, round) = match payload {
                     Payload::Consensus(c) => (i64::from(c.level), i64::from(c.round)),
                     _ => (-1, -1),
@@ -260,10 +280,16 @@ impl Signing {
                     SignError::Watermark(_) | SignError::Policy { .. } => "refused",
                     _ => "error",
                 };
-                self.metrics.sign_requests.with_label_values(&["none", label, result]).inc();
+                self.metrics
+                    .sign_requests
+                    .with_label_values(&["none", label, result])
+                    .inc();
                 match e {
                     SignError::Watermark(w) => {
-                        self.metrics.watermark_refusals.with_label_values(&[label, w.reason().as_str()]).inc();
+                        self.metrics
+                            .watermark_refusals
+                            .with_label_values(&[label, w.reason().as_str()])
+                            .inc();
                         if matches!(w, WatermarkError::Store(_)) {
                             error!(key = %pkh, kind = %label, error = %w, "watermark store failed: refusing to sign");
                         } else {
@@ -292,7 +318,10 @@ impl Signing {
         let pk = self.public_key(pkh).await?;
         // Refuse up front what cannot be verified, before a mark is raised for nothing.
         if let PublicKey::Other { curve, .. } = &pk {
-            return Err(SignError::Unverifiable { pkh, source: TezosError::UnsupportedCurve(*curve) });
+            return Err(SignError::Unverifiable {
+                pkh,
+                source: TezosError::UnsupportedCurve(*curve),
+            });
         }
         let path = match query {
             Some(q) if !q.is_empty() => format!("/keys/{pkh}?{q}"),
@@ -303,7 +332,11 @@ impl Signing {
             return self.forward(&path, bytes, &pk).await;
         };
         let req = MarkRequest {
-            key: MarkKey { chain: c.chain, pkh, kind: c.kind },
+            key: MarkKey {
+                chain: c.chain,
+                pkh,
+                kind: c.kind,
+            },
             level: c.level,
             round: c.round,
             digest: blake2b_256(bytes),
@@ -314,7 +347,12 @@ impl Signing {
         self.metrics.watermark_duration.observe(checked.elapsed().as_secs_f64());
         self.metrics.store_healthy.set(i64::from(self.store.health().healthy));
         match outcome? {
-            Outcome::Repeat(Some(signature)) => return Ok(Signed { signature, signer: "cache".into() }),
+            Outcome::Repeat(Some(signature)) => {
+                return Ok(Signed {
+                    signature,
+                    signer: "cache".into(),
+                })
+            }
             // Same bytes as the mark but no signature kept (lost with a crash, or the first
             // attempt failed): signing identical bytes again is not a double signature.
             Outcome::Repeat(None) | Outcome::Recorded => {}
@@ -355,7 +393,10 @@ impl Signing {
                     return Verdict::NotHere(Err(None));
                 }
                 if !a.status.is_success() {
-                    return Verdict::Done(Err(Some((a.status, String::from_utf8_lossy(&a.body).trim().to_string()))));
+                    return Verdict::Done(Err(Some((
+                        a.status,
+                        String::from_utf8_lossy(&a.body).trim().to_string(),
+                    ))));
                 }
                 let Some(sig) = parse_field(&a.body, "signature") else {
                     return Verdict::Failed(AttemptFailure::BadSignature, "unparsable signature answer".into());
@@ -369,7 +410,11 @@ impl Signing {
         match result {
             Ok(signature) => Ok(Signed { signature, signer }),
             Err(None) => Err(SignError::UnknownKey(pk.hash())),
-            Err(Some((status, message))) => Err(SignError::SignerRefused { signer, status, message }),
+            Err(Some((status, message))) => Err(SignError::SignerRefused {
+                signer,
+                status,
+                message,
+            }),
         }
     }
 
@@ -391,7 +436,13 @@ impl Signing {
 
     /// Kinds the policy lets `pkh` sign (for logs and status).
     pub fn allowed_kinds(&self, pkh: Pkh) -> Vec<Kind> {
-        self.policy.keys.get(&pkh).map_or(&self.policy.default_kinds, |k| &k.kinds).iter().copied().collect()
+        self.policy
+            .keys
+            .get(&pkh)
+            .map_or(&self.policy.default_kinds, |k| &k.kinds)
+            .iter()
+            .copied()
+            .collect()
     }
 }
 

@@ -1,0 +1,741 @@
+//! The SSH tunnel broker: Pi signers connect in with `ssh -R` semantics, and the gateway
+//! routes to them by identity instead of binding ports.
+//!
+//! - Only public-key authentication, only listed keys; each key belongs to one signer.
+//! - A `tcpip-forward` request binds nothing: it registers the session as the route to its
+//!   signer. A stale session can therefore never block a reconnect ("Address in use" with
+//!   sshd): the newest session of a signer wins at once, and the old one is disconnected and
+//!   its socket shut down after a short grace (russh's `disconnect` alone leaves a dead peer
+//!   lingering until the inactivity timeout).
+//! - Everything else is refused: session channels (so no shell, exec, subsystem, pty or agent),
+//!   `direct-tcpip` (it would let a Pi into the cluster), X11, streamlocal.
+//! - Dead links: server keepalives, an inactivity timeout, and TCP_USER_TIMEOUT on the socket
+//!   (keepalives cannot fire while a write to a dead peer is blocked).
+//! - Requests reach the Pi through a `forwarded-tcpip` channel opened on its session
+//!   ([`TunnelConnect`]); the pool keeps those channels open between requests.
+//!
+//! We own the accept loop (russh's `run_on_socket` stops at the first accept error and does
+//! not track sessions): pre-authentication connections are capped and get a deadline.
+
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{HashAlg, PrivateKey, PublicKey};
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::config::SshConfig;
+use crate::metrics::Metrics;
+use crate::pool::{Connect, Io};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The host key file exists but cannot be used.
+    #[error("ssh host key {path}: {message}")]
+    HostKey {
+        /// File named by `ssh.host_key`.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The SSH port could not be bound.
+    #[error("cannot listen on {addr} (ssh.listen): {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Told when a signer's route appears or disappears, so the pool reacts at once.
+pub trait RouteObserver: Send + Sync + 'static {
+    /// `up`: a session now carries the signer's forward; otherwise it has none.
+    fn route_changed(&self, signer: &str, up: bool, reason: &str);
+}
+
+/// Load the ed25519 host key, or create one (mode 0600) when the file does not exist.
+pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, BrokerError> {
+    let err = |message: String| BrokerError::HostKey {
+        path: path.display().to_string(),
+        message,
+    };
+    match std::fs::metadata(path) {
+        Ok(_) => russh::keys::load_secret_key(path, None).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use rand::RngCore as _;
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut seed = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut seed);
+            let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+            let text = key
+                .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+                .map_err(|e| err(e.to_string()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create its directory: {e}")))?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| err(format!("cannot create: {e}")))?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| err(format!("cannot write: {e}")))?;
+            info!(path = %path.display(), "generated a new ed25519 SSH host key");
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// The session currently carrying a signer's forward.
+struct Route {
+    session: u64,
+    handle: russh::server::Handle,
+    /// Address and port the client asked to have forwarded; channels name them so the
+    /// client maps them to its local target.
+    forward: (String, u32),
+    peer: SocketAddr,
+    since: SystemTime,
+    socket: Arc<std::net::TcpStream>,
+}
+
+/// What `/status` shows of one tunnel signer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TunnelStatus {
+    /// Signer name.
+    pub signer: String,
+    /// A session currently carries its forward.
+    pub connected: bool,
+    /// Peer address of that session.
+    pub peer: Option<String>,
+    /// When that session registered its forward (RFC 3339).
+    pub connected_since: Option<String>,
+    /// When a newer session last replaced an older one (RFC 3339).
+    pub last_replacement: Option<String>,
+    /// Sessions replaced since start.
+    pub replacements: u64,
+    /// When and why the last session ended.
+    pub last_disconnect: Option<String>,
+}
+
+#[derive(Default)]
+struct TunnelInfo {
+    last_replacement: Option<SystemTime>,
+    replacements: u64,
+    recent_replacements: Vec<Instant>,
+    last_disconnect: Option<(SystemTime, String)>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Logs at most a few lines per second for events a peer can trigger at will.
+struct LogLimiter {
+    window_start: Instant,
+    count: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PER_SECOND: u32 = 5;
+
+    fn new() -> LogLimiter {
+        LogLimiter {
+            window_start: Instant::now(),
+            count: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed since last time)` when this event may be logged.
+    fn allow(&mut self) -> Option<u64> {
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.count = 0;
+        }
+        if self.count < Self::PER_SECOND {
+            self.count += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// The broker: authorized keys, the route table and the SSH server settings.
+pub struct Broker {
+    settings: SshConfig,
+    server_config: Arc<russh::server::Config>,
+    fingerprint: String,
+    /// Authorized keys (wire encoding) → signer name.
+    keys: HashMap<Vec<u8>, String>,
+    signers: Vec<String>,
+    routes: Mutex<HashMap<String, Route>>,
+    info: Mutex<HashMap<String, TunnelInfo>>,
+    observer: OnceLock<Arc<dyn RouteObserver>>,
+    next_session: AtomicU64,
+    auth_log: Mutex<LogLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+fn key_bytes(key: &PublicKey) -> Option<Vec<u8>> {
+    key.to_bytes().ok()
+}
+
+impl Broker {
+    /// A broker for `signers` (name and authorized keys) with the given host key.
+    pub fn new(
+        settings: SshConfig,
+        host_key: PrivateKey,
+        signers: Vec<(String, Vec<PublicKey>)>,
+        metrics: Arc<Metrics>,
+    ) -> Broker {
+        let fingerprint = host_key.public_key().fingerprint(HashAlg::Sha256).to_string();
+        let mut keys = HashMap::new();
+        for (name, list) in &signers {
+            for k in list {
+                if let Some(b) = key_bytes(k) {
+                    keys.insert(b, name.clone());
+                }
+            }
+            metrics.tunnel_connected.with_label_values(&[name.as_str()]).set(0);
+        }
+        let server_config = russh::server::Config {
+            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            // OpenSSH clients first try "none": answering it slowly would slow every
+            // reconnect. Failed key attempts still get the usual delay.
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            auth_rejection_time: Duration::from_millis(500),
+            max_auth_attempts: 6,
+            keys: vec![host_key],
+            inactivity_timeout: Some(settings.inactivity_timeout),
+            keepalive_interval: Some(settings.keepalive_interval),
+            keepalive_max: settings.keepalive_max,
+            nodelay: true,
+            ..Default::default()
+        };
+        Broker {
+            settings,
+            server_config: Arc::new(server_config),
+            fingerprint,
+            keys,
+            signers: signers.into_iter().map(|(n, _)| n).collect(),
+            routes: Mutex::new(HashMap::new()),
+            info: Mutex::new(HashMap::new()),
+            observer: OnceLock::new(),
+            next_session: AtomicU64::new(1),
+            auth_log: Mutex::new(LogLimiter::new()),
+            metrics,
+        }
+    }
+
+    /// SHA256 fingerprint of the host key, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Who to tell when routes change (the pool). Set once.
+    pub fn set_observer(&self, observer: Arc<dyn RouteObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn notify(&self, signer: &str, up: bool, reason: &str) {
+        self.metrics
+            .tunnel_connected
+            .with_label_values(&[signer])
+            .set(i64::from(up));
+        if let Some(o) = self.observer.get() {
+            o.route_changed(signer, up, reason);
+        }
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn info(&self) -> std::sync::MutexGuard<'_, HashMap<String, TunnelInfo>> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Status of every tunnel signer, in configuration order.
+    pub fn status(&self) -> Vec<TunnelStatus> {
+        let routes = self.routes();
+        let info = self.info();
+        self.signers
+            .iter()
+            .map(|name| {
+                let r = routes.get(name);
+                let i = info.get(name);
+                TunnelStatus {
+                    signer: name.clone(),
+                    connected: r.is_some(),
+                    peer: r.map(|r| r.peer.to_string()),
+                    connected_since: r.map(|r| rfc3339(r.since)),
+                    last_replacement: i.and_then(|i| i.last_replacement).map(rfc3339),
+                    replacements: i.map_or(0, |i| i.replacements),
+                    last_disconnect: i
+                        .and_then(|i| i.last_disconnect.as_ref())
+                        .map(|(t, why)| format!("{} {why}", rfc3339(*t))),
+                }
+            })
+            .collect()
+    }
+
+    /// The connector the pool uses for `signer`.
+    pub fn connector(self: &Arc<Self>, signer: &str) -> TunnelConnect {
+        TunnelConnect {
+            broker: Arc::clone(self),
+            signer: signer.to_string(),
+        }
+    }
+
+    /// Bind `ssh.listen`.
+    pub async fn bind(&self) -> Result<TcpListener, BrokerError> {
+        let addr = self.settings.listen;
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Bind { addr, source })
+    }
+
+    /// Accept SSH connections until `cancel` fires; then disconnect every session.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tracker: TaskTracker, cancel: CancellationToken) {
+        let unauthenticated = Arc::new(Semaphore::new(self.settings.max_unauthenticated));
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => { backoff = Duration::from_millis(10); a }
+                    Err(e) => {
+                        warn!(error = %e, "ssh accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&unauthenticated).try_acquire_owned() else {
+                self.metrics
+                    .ssh_sessions
+                    .with_label_values(&["rejected_too_many_unauthenticated"])
+                    .inc();
+                self.log_auth_failure(peer, "too many unauthenticated connections: closed");
+                continue;
+            };
+            let broker = Arc::clone(&self);
+            let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("ssh", session = id, %peer);
+            tracker.spawn(broker.run_session(id, stream, peer, permit).instrument(span));
+        }
+        let routes: Vec<_> = self.routes().drain().collect();
+        for (name, route) in routes {
+            info!(signer = %name, "closing tunnel session: gateway shutting down");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                route.handle.disconnect(
+                    russh::Disconnect::ByApplication,
+                    "gateway shutting down".into(),
+                    "".into(),
+                ),
+            )
+            .await;
+            let _ = route.socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn log_auth_failure(&self, peer: SocketAddr, what: &str) {
+        let allowed = self.auth_log.lock().unwrap_or_else(|p| p.into_inner()).allow();
+        if let Some(suppressed) = allowed {
+            warn!(%peer, suppressed, "ssh: {what}");
+        }
+    }
+
+    fn tune_socket(&self, stream: &TcpStream) {
+        let sock = socket2::SockRef::from(stream);
+        if let Err(e) = sock.set_tcp_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        if let Err(e) = sock.set_tcp_user_timeout(Some(self.settings.tcp_user_timeout)) {
+            debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+        }
+    }
+
+    async fn run_session(self: Arc<Self>, id: u64, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        self.tune_socket(&stream);
+        // Keep a second handle on the socket: shutting it down is the only sure way to end a
+        // session whose peer went silent (replacement, auth deadline).
+        let socket = match stream.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
+            Ok((clone, s)) => match TcpStream::from_std(s) {
+                Ok(stream) => (Arc::new(clone), stream),
+                Err(e) => return warn!(error = %e, "cannot register the ssh socket"),
+            },
+            Err(e) => return warn!(error = %e, "cannot duplicate the ssh socket"),
+        };
+        let (socket, stream) = socket;
+        let (authed_tx, authed_rx) = oneshot::channel();
+        let handler = SessionHandler {
+            broker: Arc::clone(&self),
+            id,
+            peer,
+            signer: None,
+            permit: Some(permit),
+            authed: Some(authed_tx),
+            socket: Arc::clone(&socket),
+            forwarded: None,
+        };
+        let deadline = self.settings.auth_timeout;
+        let watchdog_socket = Arc::clone(&socket);
+        let metrics = Arc::clone(&self.metrics);
+        // Handshake and authentication must finish within the deadline.
+        let watchdog = tokio::spawn(async move {
+            if tokio::time::timeout(deadline, authed_rx).await.is_err() {
+                metrics.ssh_sessions.with_label_values(&["rejected_auth_timeout"]).inc();
+                debug!("no authentication within {deadline:?}: closing");
+                let _ = watchdog_socket.shutdown(Shutdown::Both);
+            }
+        });
+        let result = match russh::server::run_stream(Arc::clone(&self.server_config), stream, handler).await {
+            Ok(session) => session.await,
+            Err(e) => Err(e),
+        };
+        watchdog.abort();
+        let reason = match &result {
+            Ok(()) => "closed".to_string(),
+            Err(russh::Error::KeepaliveTimeout) => "keepalive timeout".to_string(),
+            Err(russh::Error::InactivityTimeout) => "inactivity timeout".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = socket.shutdown(Shutdown::Both);
+        self.session_ended(id, &reason);
+    }
+
+    /// Remove the route if this session still holds it.
+    fn session_ended(&self, id: u64, reason: &str) {
+        let mut routes = self.routes();
+        let Some(name) = routes.iter().find(|(_, r)| r.session == id).map(|(n, _)| n.clone()) else {
+            debug!(reason, "ssh session ended");
+            return;
+        };
+        routes.remove(&name);
+        drop(routes);
+        if reason == "keepalive timeout" {
+            self.metrics
+                .tunnel_keepalive_timeouts
+                .with_label_values(&[name.as_str()])
+                .inc();
+        }
+        self.info().entry(name.clone()).or_default().last_disconnect = Some((SystemTime::now(), reason.to_string()));
+        warn!(signer = %name, reason, "tunnel down");
+        self.notify(&name, false, reason);
+    }
+
+    /// Register `route` for `signer`; the newest session wins.
+    fn register(&self, signer: &str, route: Route) {
+        let session = route.session;
+        let peer = route.peer;
+        let old = self.routes().insert(signer.to_string(), route);
+        match old {
+            Some(old) if old.session != session => {
+                self.metrics.tunnel_replacements.with_label_values(&[signer]).inc();
+                let flapping = {
+                    let mut info = self.info();
+                    let i = info.entry(signer.to_string()).or_default();
+                    i.replacements += 1;
+                    i.last_replacement = Some(SystemTime::now());
+                    i.recent_replacements.retain(|t| t.elapsed() < Duration::from_secs(60));
+                    i.recent_replacements.push(Instant::now());
+                    i.recent_replacements.len() as u32 > self.settings.max_replacements_per_minute
+                };
+                if flapping {
+                    self.metrics
+                        .tunnel_replacement_storms
+                        .with_label_values(&[signer])
+                        .inc();
+                    error!(
+                        signer,
+                        new_peer = %peer,
+                        old_peer = %old.peer,
+                        "tunnel sessions keep replacing each other: are two live devices sharing one key?"
+                    );
+                } else {
+                    warn!(signer, new_peer = %peer, old_peer = %old.peer, "newer session replaces the tunnel");
+                }
+                tokio::spawn(reap(old));
+            }
+            _ => info!(signer, %peer, "tunnel up"),
+        }
+        self.notify(signer, true, "tunnel up");
+    }
+
+    fn unregister(&self, signer: &str, session: u64, reason: &str) {
+        let mut routes = self.routes();
+        if routes.get(signer).is_some_and(|r| r.session == session) {
+            routes.remove(signer);
+            drop(routes);
+            info!(signer, reason, "tunnel route withdrawn");
+            self.notify(signer, false, reason);
+        }
+    }
+}
+
+/// Close a replaced session: ask politely, then shut its socket down so a dead peer cannot
+/// linger until the inactivity timeout.
+async fn reap(old: Route) {
+    let polite = old.handle.disconnect(
+        russh::Disconnect::ByApplication,
+        "replaced by a newer session of the same signer".into(),
+        "".into(),
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(500), polite).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = old.socket.shutdown(Shutdown::Both);
+}
+
+/// One SSH session's callbacks.
+struct SessionHandler {
+    broker: Arc<Broker>,
+    id: u64,
+    peer: SocketAddr,
+    /// Set once a listed key authenticated.
+    signer: Option<String>,
+    /// Counts against the pre-authentication limit until authentication succeeds.
+    permit: Option<OwnedSemaphorePermit>,
+    authed: Option<oneshot::Sender<()>>,
+    socket: Arc<std::net::TcpStream>,
+    forwarded: Option<String>,
+}
+
+impl SessionHandler {
+    fn reject(&self, reason: &'static str, what: &str) {
+        self.broker.metrics.ssh_sessions.with_label_values(&[reason]).inc();
+        self.broker.log_auth_failure(self.peer, what);
+    }
+}
+
+impl russh::server::Handler for SessionHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.reject(
+            "rejected_auth_method",
+            &format!("password authentication refused (user {user:?})"),
+        );
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.reject(
+            "rejected_auth_method",
+            &format!("keyboard-interactive authentication refused (user {user:?})"),
+        );
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Tell the client at once that an unknown key will not do, before it signs anything.
+        let known = key_bytes(offer.public_key).is_some_and(|b| self.broker.keys.contains_key(&b));
+        Ok(if known { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let signer = key_bytes(key.public_key).and_then(|b| self.broker.keys.get(&b).cloned());
+        match signer {
+            Some(name) => {
+                info!(signer = %name, user, "ssh key accepted");
+                self.signer = Some(name);
+                Ok(Auth::Accept)
+            }
+            None => {
+                let fp = key.public_key.fingerprint(HashAlg::Sha256);
+                self.reject(
+                    "rejected_unknown_key",
+                    &format!("unknown key {fp} (user {user:?}) refused"),
+                );
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.permit.take();
+        if let Some(tx) = self.authed.take() {
+            let _ = tx.send(());
+        }
+        self.broker.metrics.ssh_sessions.with_label_values(&["accepted"]).inc();
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        debug!(signer = ?self.signer, "session channel refused (no shell, exec, subsystem or agent)");
+        self.broker
+            .metrics
+            .ssh_refused_requests
+            .with_label_values(&["session"])
+            .inc();
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        warn!(signer = ?self.signer, host, port, "direct-tcpip refused: tunnels never reach into the cluster");
+        self.broker
+            .metrics
+            .ssh_refused_requests
+            .with_label_values(&["direct_tcpip"])
+            .inc();
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(signer) = self.signer.clone() else {
+            return Ok(false);
+        };
+        // Nothing is bound. A client asking for port 0 expects to be told one: name the
+        // octez-signer port, which it only uses to label the channels we open.
+        if *port == 0 {
+            *port = 6732;
+        }
+        let route = Route {
+            session: self.id,
+            handle: session.handle(),
+            forward: (address.to_string(), *port),
+            peer: self.peer,
+            since: SystemTime::now(),
+            socket: Arc::clone(&self.socket),
+        };
+        self.forwarded = Some(signer.clone());
+        self.broker.register(&signer, route);
+        Ok(true)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(signer) = self.forwarded.take() {
+            self.broker
+                .unregister(&signer, self.id, "forward cancelled by the client");
+        }
+        Ok(true)
+    }
+
+    async fn streamlocal_forward(&mut self, _socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
+        self.broker
+            .metrics
+            .ssh_refused_requests
+            .with_label_values(&["streamlocal"])
+            .inc();
+        Ok(false)
+    }
+
+    async fn channel_close(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Reaches a tunnel signer: opens a `forwarded-tcpip` channel on its current session.
+pub struct TunnelConnect {
+    broker: Arc<Broker>,
+    signer: String,
+}
+
+impl Connect for TunnelConnect {
+    fn connect(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> {
+        let route = {
+            let routes = self.broker.routes();
+            routes.get(&self.signer).map(|r| (r.handle.clone(), r.forward.clone()))
+        };
+        let timeout = self.broker.settings.channel_open_timeout;
+        let metrics = Arc::clone(&self.broker.metrics);
+        Box::pin(async move {
+            let Some((handle, (address, port))) = route else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "no tunnel session",
+                ));
+            };
+            let started = Instant::now();
+            let open = handle.channel_open_forwarded_tcpip(address, port, "127.0.0.1", 0);
+            let channel = tokio::time::timeout(timeout, open)
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "channel open timed out"))?
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()))?;
+            metrics.tunnel_channel_open.observe(started.elapsed().as_secs_f64());
+            Ok(Box::new(channel.into_stream()) as Box<dyn Io>)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("ssh-tunnel://{}", self.signer)
+    }
+}
