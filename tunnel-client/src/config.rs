@@ -1,0 +1,543 @@
+//! The tunnel client's YAML configuration: parsed strictly, validated before any connection.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use russh::keys::{HashAlg, PublicKey};
+use serde::Deserialize;
+
+/// Why a configuration was refused. Every message names the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid YAML or not the expected shape.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde-saphyr's message with line and column.
+        message: String,
+    },
+    /// A value that does not make sense.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Gateway SSH addresses (`host:port`), tried in order.
+    pub gateways: Vec<String>,
+    /// The gateway's host key, pinned: an OpenSSH public key line (`ssh-ed25519 AAAA…`) or
+    /// its SHA256 fingerprint (`SHA256:…`, as the gateway prints it at start).
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Trust on first use: only when set, and only if `host_key` is not. The first key seen
+    /// is written to this file and pinned from then on.
+    #[serde(default)]
+    pub trust_on_first_use: Option<PathBuf>,
+    /// This Pi's identity: an OpenSSH private key file (`signer-tunnel keygen` writes one).
+    pub identity: PathBuf,
+    /// SSH user name sent to the gateway (the gateway identifies signers by key, not name).
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// The local signer (octez-signer) that forwarded channels are connected to.
+    #[serde(default = "default_signer")]
+    pub signer: String,
+    /// Address and port named in the remote-forward request (`ssh -R` semantics). The
+    /// gateway binds nothing; an OpenSSH server binds this port on its side.
+    #[serde(default = "default_remote_forward")]
+    pub remote_forward: String,
+    /// Uplinks in order of preference; empty means "whatever route the system picks".
+    #[serde(default)]
+    pub uplinks: Vec<UplinkConfig>,
+    /// Time to connect, finish the handshake, authenticate and get the forward (default 5s).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Client keepalive interval (default 1s).
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives before the session is dropped (default 3).
+    #[serde(default = "default_keepalive_max")]
+    pub keepalive_max: usize,
+    /// TCP_USER_TIMEOUT on the SSH socket (default 5s).
+    #[serde(default = "default_tcp_user_timeout", with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// While on a less preferred uplink, how often to try the better ones (default 10s).
+    #[serde(default = "default_uplink_retry", with = "humantime_serde")]
+    pub uplink_retry: Duration,
+    /// Retry interval after the gateway presented the wrong host key (default 60s).
+    #[serde(default = "default_mismatch_retry", with = "humantime_serde")]
+    pub host_key_mismatch_retry: Duration,
+    /// Probing of the local signer.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    /// text or json.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// One uplink: an interface to bind to, or a source address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Name for logs and status (default: the interface or address).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Bind to this interface (SO_BINDTODEVICE), e.g. `eth0`, `wwan0`.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Bind to this source address, e.g. `192.168.1.20`.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+}
+
+/// Reconnect backoff: jittered, exponential, capped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay (default 500ms; jitter keeps the first retry under 1s).
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    /// Cap (default 10s).
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+    /// A session that stayed up this long resets the backoff (default 30s).
+    #[serde(default = "default_backoff_reset", with = "humantime_serde")]
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+            reset_after: default_backoff_reset(),
+        }
+    }
+}
+
+/// Local signer probing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path probed with GET (default `/authorized_keys`; Pi images also use
+    /// `/statusz/<pkh>?ledger_url=…`).
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Time between probes (default 1s).
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time a probe may take (default 1s).
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failures before the forward is cancelled (default 2).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Consecutive successes before it is requested again (default 1).
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: default_health_path(),
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            fall: default_fall(),
+            rise: default_rise(),
+        }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+fn default_user() -> String {
+    "signer".into()
+}
+fn default_signer() -> String {
+    "127.0.0.1:6732".into()
+}
+fn default_remote_forward() -> String {
+    "127.0.0.1:6732".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_keepalive_max() -> usize {
+    3
+}
+fn default_tcp_user_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_uplink_retry() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_mismatch_retry() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backoff_reset() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_health_path() -> String {
+    "/authorized_keys".into()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_fall() -> u32 {
+    2
+}
+fn default_rise() -> u32 {
+    1
+}
+
+/// How the gateway's host key is checked.
+#[derive(Debug, Clone)]
+pub enum HostKeyPin {
+    /// Exactly this key.
+    Key(Box<PublicKey>),
+    /// A key with this SHA256 fingerprint (`SHA256:…`).
+    Fingerprint(String),
+    /// Trust on first use, remembered in this file.
+    FirstUse(PathBuf),
+}
+
+impl HostKeyPin {
+    /// Does `key` match the pin? For `FirstUse`, the first key seen is written to the file.
+    pub fn check(&self, key: &PublicKey) -> Result<(), String> {
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        match self {
+            HostKeyPin::Key(k) if k.key_data() == key.key_data() => Ok(()),
+            HostKeyPin::Key(k) => Err(format!("expected {}, got {fp}", k.fingerprint(HashAlg::Sha256))),
+            HostKeyPin::Fingerprint(f) if *f == fp => Ok(()),
+            HostKeyPin::Fingerprint(f) => Err(format!("expected {f}, got {fp}")),
+            HostKeyPin::FirstUse(path) => match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let pinned = PublicKey::from_openssh(text.trim())
+                        .map_err(|e| format!("trust-on-first-use file {} is unreadable: {e}", path.display()))?;
+                    HostKeyPin::Key(Box::new(pinned)).check(key)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let line = key.to_openssh().map_err(|e| e.to_string())?;
+                    std::fs::write(path, format!("{line}\n"))
+                        .map_err(|e| format!("cannot write trust-on-first-use file {}: {e}", path.display()))?;
+                    tracing::warn!(fingerprint = %fp, file = %path.display(), "trusting the gateway's host key on first use");
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot read trust-on-first-use file {}: {e}", path.display())),
+            },
+        }
+    }
+}
+
+/// An uplink, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    /// For logs.
+    pub name: String,
+    /// Interface to bind to.
+    pub interface: Option<String>,
+    /// Source address to bind to.
+    pub source: Option<IpAddr>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The parsed file.
+    pub config: Config,
+    /// Host key pin.
+    pub pin: HostKeyPin,
+    /// Uplinks in preference order (one unbound uplink when none are configured).
+    pub uplinks: Vec<Uplink>,
+    /// Remote forward address and port.
+    pub forward: (String, u32),
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.validate()
+    }
+
+    fn validate(self) -> Result<Settings, ConfigError> {
+        if self.gateways.is_empty() {
+            return Err(invalid("gateways", "at least one gateway address is required"));
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            check_host_port(g).map_err(|m| invalid(format!("gateways[{i}]"), m))?;
+        }
+        check_host_port(&self.signer).map_err(|m| invalid("signer", m))?;
+        let pin = match (&self.host_key, &self.trust_on_first_use) {
+            (Some(k), None) => parse_pin(k)?,
+            (None, Some(path)) => HostKeyPin::FirstUse(path.clone()),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "trust_on_first_use",
+                    "set either host_key or trust_on_first_use, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "host_key",
+                    "required: the gateway's host key or its SHA256 fingerprint (trust on first use only \
+                     with an explicit trust_on_first_use: <file>)",
+                ))
+            }
+        };
+        let (fwd_host, fwd_port) = self
+            .remote_forward
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("remote_forward", "expected address:port"))?;
+        let fwd_port: u32 = fwd_port
+            .parse::<u16>()
+            .map(u32::from)
+            .map_err(|_| invalid("remote_forward", "port must be 0-65535"))?;
+        let mut uplinks = Vec::new();
+        for (i, u) in self.uplinks.iter().enumerate() {
+            let (interface, source) = match (&u.interface, u.source) {
+                (Some(ifname), None) if !ifname.is_empty() && ifname.len() < 16 => (Some(ifname.clone()), None),
+                (Some(_), None) => return Err(invalid(format!("uplinks[{i}].interface"), "must be 1-15 characters")),
+                (None, Some(ip)) => (None, Some(ip)),
+                _ => {
+                    return Err(invalid(
+                        format!("uplinks[{i}]"),
+                        "set exactly one of `interface` and `source`",
+                    ))
+                }
+            };
+            let name = u.name.clone().unwrap_or_else(|| match (&interface, source) {
+                (Some(i), _) => i.clone(),
+                (_, Some(ip)) => ip.to_string(),
+                _ => format!("uplink{i}"),
+            });
+            uplinks.push(Uplink {
+                name,
+                interface,
+                source,
+            });
+        }
+        if uplinks.is_empty() {
+            uplinks.push(Uplink {
+                name: "default".into(),
+                interface: None,
+                source: None,
+            });
+        }
+        let zero = [
+            ("connect_timeout", self.connect_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("tcp_user_timeout", self.tcp_user_timeout),
+            ("uplink_retry", self.uplink_retry),
+            ("host_key_mismatch_retry", self.host_key_mismatch_retry),
+            ("backoff.initial", self.backoff.initial),
+            ("health_check.interval", self.health_check.interval),
+            ("health_check.timeout", self.health_check.timeout),
+        ];
+        for (field, d) in zero {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.backoff.max < self.backoff.initial {
+            return Err(invalid("backoff.max", "must be at least backoff.initial"));
+        }
+        if self.keepalive_max == 0 {
+            return Err(invalid("keepalive_max", "must be at least 1"));
+        }
+        if !self.health_check.path.starts_with('/') {
+            return Err(invalid("health_check.path", "must start with '/'"));
+        }
+        if self.health_check.fall == 0 || self.health_check.rise == 0 {
+            return Err(invalid("health_check", "fall and rise must be at least 1"));
+        }
+        let forward = (fwd_host.to_string(), fwd_port);
+        Ok(Settings {
+            config: self,
+            pin,
+            uplinks,
+            forward,
+        })
+    }
+}
+
+fn parse_pin(s: &str) -> Result<HostKeyPin, ConfigError> {
+    let s = s.trim();
+    if let Some(b64) = s.strip_prefix("SHA256:") {
+        if b64.is_empty()
+            || !b64
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')
+        {
+            return Err(invalid("host_key", "not a SHA256 fingerprint (SHA256:<base64>)"));
+        }
+        return Ok(HostKeyPin::Fingerprint(s.trim_end_matches('=').to_string()));
+    }
+    PublicKey::from_openssh(s)
+        .map(|k| HostKeyPin::Key(Box::new(k)))
+        .map_err(|e| {
+            invalid(
+                "host_key",
+                format!("neither SHA256:… nor an OpenSSH public key line: {e}"),
+            )
+        })
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?}: empty host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{s:?}: port must be 1-65535")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBsc55qcwJVsJ6HxKH/W8irwSnJYsYWu6cEhZf3VGw2U gw";
+
+    fn err(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let s = Config::parse(&format!("gateways: ['gw:2222']\nhost_key: '{KEY}'\nidentity: /k\n")).unwrap();
+        assert_eq!(s.config.signer, "127.0.0.1:6732");
+        assert_eq!(s.forward, ("127.0.0.1".to_string(), 6732));
+        assert_eq!(s.uplinks.len(), 1);
+        assert!(s.config.backoff.initial < Duration::from_secs(1));
+        assert!(matches!(s.pin, HostKeyPin::Key(_)));
+        let s = Config::parse("gateways: ['gw:2222']\nhost_key: 'SHA256:abc+/='\nidentity: /k\nuplinks: [{interface: eth0}, {source: 10.0.0.2, name: lte}]\n").unwrap();
+        assert!(matches!(&s.pin, HostKeyPin::Fingerprint(f) if f == "SHA256:abc+/"));
+        assert_eq!(s.uplinks[1].name, "lte");
+    }
+
+    #[test]
+    fn errors_name_fields() {
+        let cases = [
+            ("gateways: []\nhost_key: 'SHA256:a'\nidentity: /k\n", "gateways"),
+            ("gateways: ['gw']\nhost_key: 'SHA256:a'\nidentity: /k\n", "gateways[0]"),
+            ("gateways: ['gw:1']\nidentity: /k\n", "host_key"),
+            ("gateways: ['gw:1']\nhost_key: 'nope'\nidentity: /k\n", "host_key"),
+            (
+                "gateways: ['gw:1']\nhost_key: 'SHA256:a'\ntrust_on_first_use: /x\nidentity: /k\n",
+                "trust_on_first_use",
+            ),
+            (
+                "gateways: ['gw:1']\nhost_key: 'SHA256:a'\nidentity: /k\nuplinks: [{}]\n",
+                "uplinks[0]",
+            ),
+            (
+                "gateways: ['gw:1']\nhost_key: 'SHA256:a'\nidentity: /k\nbackoff: {initial: 2s, max: 1s}\n",
+                "backoff.max",
+            ),
+            (
+                "gateways: ['gw:1']\nhost_key: 'SHA256:a'\nidentity: /k\ncolour: red\n",
+                "colour",
+            ),
+            (
+                "gateways: ['gw:1']\nhost_key: 'SHA256:a'\nidentity: /k\nsigner: nope\n",
+                "signer",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = err(text);
+            assert!(e.contains(field), "{field} not named in: {e}");
+        }
+    }
+
+    #[test]
+    fn pins() {
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        assert!(HostKeyPin::Key(Box::new(key.clone())).check(&key).is_ok());
+        assert!(HostKeyPin::Fingerprint(fp.clone()).check(&key).is_ok());
+        assert!(HostKeyPin::Fingerprint("SHA256:other".into()).check(&key).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let tofu = HostKeyPin::FirstUse(dir.path().join("known"));
+        assert!(tofu.check(&key).is_ok(), "first use pins");
+        assert!(tofu.check(&key).is_ok(), "same key again");
+        let other = PublicKey::from_openssh(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEY1aY66wAlfn5GseHaGMz1qg0fAStpbPDb/sUS4zN99 other",
+        )
+        .unwrap();
+        assert!(
+            tofu.check(&other).is_err(),
+            "a different key after first use is refused"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! `signer-tunnel`: flags, logging, signals; the work is in the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use signer_tunnel::config::{Config, LogFormat};
+use signer_tunnel::session::Session;
+use signer_tunnel::{keys, probe, supervisor};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// EX_USAGE: bad configuration; systemd should not restart in a tight loop on it.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "signer-tunnel",
+    version,
+    about = "Keeps a reverse SSH tunnel from this signer to signer-gateway"
+)]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SIGNER_TUNNEL_CONFIG",
+        default_value = "/etc/signer-tunnel/config.yaml"
+    )]
+    config: PathBuf,
+    /// Log format (overrides the config).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keep the tunnel up (the default).
+    Run,
+    /// Connect once, report each step, exit 0 when the forward is accepted and the local
+    /// signer answers, 1 otherwise.
+    Check,
+    /// Write a new ed25519 identity and print the line to list in the gateway config.
+    Keygen {
+        /// Where to write the private key (`.pub` is written beside it).
+        #[arg(long, default_value = "/etc/signer-tunnel/id_ed25519")]
+        out: PathBuf,
+        /// Comment in the public key line.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Keygen { out, comment }) = &cli.command {
+        let comment = comment.clone().unwrap_or_else(default_comment);
+        return match keys::generate(out, &comment) {
+            Ok(line) => {
+                println!("{line}");
+                eprintln!(
+                    "wrote {} (list the line above under the signer's tunnel.keys in the gateway config)",
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("signer-tunnel keygen: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let settings = match Config::load(&cli.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("signer-tunnel: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(cli.log_format.unwrap_or(settings.config.log_format));
+    let key = match keys::load(&settings.config.identity) {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            error!("{e}");
+            eprintln!("signer-tunnel: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("signer-tunnel: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => runtime.block_on(check(settings, key)),
+        _ => {
+            info!(identity = %keys::fingerprint(&key), gateways = ?settings.config.gateways, "signer-tunnel starting");
+            let shutdown = CancellationToken::new();
+            runtime.spawn(watch_signals(shutdown.clone()));
+            runtime.block_on(supervisor::run(settings, key, shutdown));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn default_comment() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "signer-tunnel".into()
+    } else {
+        format!("signer-tunnel@{host}")
+    }
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+/// Connect once through the first uplink and gateway, printing each step.
+async fn check(settings: signer_tunnel::config::Settings, key: Arc<russh::keys::PrivateKey>) -> ExitCode {
+    let cfg = &settings.config;
+    println!("identity {} ({})", cfg.identity.display(), keys::fingerprint(&key));
+    let local = probe::probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout).await;
+    match &local {
+        Ok(()) => println!("ok   local signer {} answers GET {}", cfg.signer, cfg.health_check.path),
+        Err(e) => println!("FAIL local signer {} GET {}: {e}", cfg.signer, cfg.health_check.path),
+    }
+    let mut ok = local.is_ok();
+    for (u, uplink) in settings.uplinks.iter().enumerate() {
+        for gw in &cfg.gateways {
+            println!("--   gateway {gw} via uplink {}", uplink.name);
+            let mut step = |s: String| println!("ok   {s}");
+            match Session::connect(&settings, Arc::clone(&key), gw, u, true, &mut step).await {
+                Ok(session) => session.close("check done").await,
+                Err(e) => {
+                    println!("FAIL {e}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    if ok {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        println!("some checks failed");
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,356 @@
+//! One SSH session to the gateway: dial over an uplink, verify the pinned host key,
+//! authenticate, request the reverse forward, and serve every channel the gateway opens by
+//! connecting it to the local signer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use russh::client::{self, DisconnectReason};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{Channel, ChannelOpenFailure};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::config::{HostKeyPin, Settings, Uplink};
+
+/// Time the local signer gets to accept a forwarded connection before the channel is refused
+/// (a refusal makes the gateway fail over at once).
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a session could not be set up. `is_fatal`/`is_host_key_mismatch` drive the supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The gateway name did not resolve (to an address of the uplink's family).
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    /// TCP connect (or binding to the uplink) failed.
+    #[error("connect to {addr} via {uplink}: {source}")]
+    Connect {
+        /// Gateway address.
+        addr: SocketAddr,
+        /// Uplink name.
+        uplink: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A step did not finish within `connect_timeout`.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// The gateway presented a host key that is not the pinned one: a security event.
+    #[error("host key mismatch: {0}")]
+    HostKeyMismatch(String),
+    /// The gateway refused our key.
+    #[error("authentication refused: is this Pi's public key listed for a signer in the gateway config?")]
+    AuthRejected,
+    /// The gateway refused the remote forward.
+    #[error("remote forward refused: {0}")]
+    ForwardRefused(String),
+    /// Any other SSH failure.
+    #[error("ssh: {0}")]
+    Ssh(#[from] russh::Error),
+}
+
+impl SessionError {
+    /// A wrong host key: never connect anyway; retry slowly.
+    pub fn is_host_key_mismatch(&self) -> bool {
+        matches!(self, SessionError::HostKeyMismatch(_))
+    }
+}
+
+/// russh callbacks for one session.
+struct ClientHandler {
+    pin: Arc<HostKeyPin>,
+    mismatch: Arc<Mutex<Option<String>>>,
+    signer: Arc<str>,
+    closed: Option<oneshot::Sender<String>>,
+    channels: Arc<AtomicUsize>,
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let result = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.pin.check(key),
+            PublicKeyOrCertificate::Certificate(_) => {
+                Err("the gateway presented a certificate; a plain key is pinned".into())
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                *self.mismatch.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let signer = Arc::clone(&self.signer);
+        let channels = Arc::clone(&self.channels);
+        // Connect off the session loop so keepalives keep flowing meanwhile.
+        tokio::spawn(async move {
+            match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(&*signer)).await {
+                Ok(Ok(mut tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    reply.accept().await;
+                    channels.fetch_add(1, Ordering::Relaxed);
+                    let mut stream = channel.into_stream();
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
+                        debug!(error = %e, "forwarded channel ended");
+                    }
+                    channels.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    warn!(signer = %signer, error = %e, "local signer refused a forwarded connection");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+                Err(_) => {
+                    warn!(signer = %signer, "local signer did not accept a forwarded connection in time");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn disconnected(&mut self, reason: DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        let text = match &reason {
+            DisconnectReason::ReceivedDisconnect(info) => format!("gateway closed the session: {info:?}"),
+            DisconnectReason::Error(e) => e.to_string(),
+        };
+        if let Some(tx) = self.closed.take() {
+            let _ = tx.send(text);
+        }
+        match reason {
+            DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}
+
+/// Resolves when a session ends, with the reason. Cancel-safe.
+pub struct Closed(Option<oneshot::Receiver<String>>);
+
+impl Closed {
+    /// Wait for the end.
+    pub async fn wait(&mut self) -> String {
+        match &mut self.0 {
+            Some(rx) => rx.await.unwrap_or_else(|_| "session ended".to_string()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// An established session.
+pub struct Session {
+    handle: client::Handle<ClientHandler>,
+    closed: Option<oneshot::Receiver<String>>,
+    forward: (String, u32),
+    forwarding: bool,
+    /// Index of the uplink in preference order.
+    pub uplink: usize,
+    /// Uplink name.
+    pub uplink_name: String,
+    /// Gateway address used.
+    pub gateway: String,
+    /// When the session was set up.
+    pub since: Instant,
+    channels: Arc<AtomicUsize>,
+}
+
+/// Open a TCP connection to `addr` bound to `uplink`.
+async fn dial(addr: SocketAddr, uplink: &Uplink, settings: &Settings) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ifname) = &uplink.interface {
+        socket.bind_device(Some(ifname.as_bytes()))?;
+    }
+    if let Some(src) = uplink.source {
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    socket.set_nodelay(true)?;
+    // Keepalives cannot fire while a write to a dead peer is blocked; this can.
+    socket2::SockRef::from(&socket).set_tcp_user_timeout(Some(settings.config.tcp_user_timeout))?;
+    socket.connect(addr).await
+}
+
+impl Session {
+    /// Dial `gateway` over uplink number `uplink`, authenticate with `key`, and (if
+    /// `forward`) request the remote forward. `progress` hears each step (for `check`).
+    pub async fn connect(
+        settings: &Settings,
+        key: Arc<PrivateKey>,
+        gateway: &str,
+        uplink: usize,
+        forward: bool,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Session, SessionError> {
+        let cfg = &settings.config;
+        let up = settings.uplinks.get(uplink).cloned().unwrap_or(Uplink {
+            name: "default".into(),
+            interface: None,
+            source: None,
+        });
+        let deadline = cfg.connect_timeout;
+        let addrs: Vec<SocketAddr> = tokio::time::timeout(deadline, tokio::net::lookup_host(gateway))
+            .await
+            .map_err(|_| SessionError::Timeout("resolving the gateway"))?
+            .map_err(|_| SessionError::Resolve(gateway.to_string()))?
+            .filter(|a| up.source.is_none_or(|s| s.is_ipv4() == a.is_ipv4()))
+            .collect();
+        let addr = *addrs
+            .first()
+            .ok_or_else(|| SessionError::Resolve(gateway.to_string()))?;
+        progress(format!("resolved {gateway} to {addr}"));
+
+        let started = Instant::now();
+        let stream = tokio::time::timeout(deadline, dial(addr, &up, settings))
+            .await
+            .map_err(|_| SessionError::Timeout("TCP connect"))?
+            .map_err(|source| SessionError::Connect {
+                addr,
+                uplink: up.name.clone(),
+                source,
+            })?;
+        progress(format!(
+            "connected to {addr} via uplink {} in {} ms",
+            up.name,
+            started.elapsed().as_millis()
+        ));
+
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(cfg.keepalive_interval),
+            keepalive_max: cfg.keepalive_max,
+            inactivity_timeout: None,
+            nodelay: true,
+            ..Default::default()
+        });
+        let mismatch = Arc::new(Mutex::new(None));
+        let (closed_tx, closed) = oneshot::channel();
+        let channels = Arc::new(AtomicUsize::new(0));
+        let handler = ClientHandler {
+            pin: Arc::new(settings.pin.clone()),
+            mismatch: Arc::clone(&mismatch),
+            signer: Arc::from(cfg.signer.as_str()),
+            closed: Some(closed_tx),
+            channels: Arc::clone(&channels),
+        };
+        let connected = tokio::time::timeout(deadline, client::connect_stream(config, stream, handler)).await;
+        let taken_mismatch = || mismatch.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut handle = match connected {
+            Err(_) => return Err(SessionError::Timeout("SSH handshake")),
+            Ok(Err(e)) => {
+                return Err(match taken_mismatch() {
+                    Some(why) => SessionError::HostKeyMismatch(why),
+                    None => SessionError::Ssh(e),
+                })
+            }
+            Ok(Ok(h)) => h,
+        };
+        progress("host key matches the pin".to_string());
+
+        let hash = if key.algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .ok()
+                .flatten()
+                .flatten()
+                .or(Some(HashAlg::Sha256))
+        } else {
+            None
+        };
+        let auth = tokio::time::timeout(
+            deadline,
+            handle.authenticate_publickey(cfg.user.clone(), PrivateKeyWithHashAlg::new(key, hash)),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout("authentication"))??;
+        if !auth.success() {
+            return Err(SessionError::AuthRejected);
+        }
+        progress(format!("authenticated as {}", cfg.user));
+
+        let mut session = Session {
+            handle,
+            closed: Some(closed),
+            forward: settings.forward.clone(),
+            forwarding: false,
+            uplink,
+            uplink_name: up.name,
+            gateway: gateway.to_string(),
+            since: Instant::now(),
+            channels,
+        };
+        if forward {
+            tokio::time::timeout(deadline, session.request_forward())
+                .await
+                .map_err(|_| SessionError::Timeout("remote forward request"))??;
+            progress(format!(
+                "remote forward {}:{} accepted",
+                session.forward.0, session.forward.1
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Ask the gateway to route to us (`tcpip-forward`).
+    pub async fn request_forward(&mut self) -> Result<(), SessionError> {
+        let (addr, port) = self.forward.clone();
+        self.handle
+            .tcpip_forward(addr, port)
+            .await
+            .map_err(|e| SessionError::ForwardRefused(e.to_string()))?;
+        self.forwarding = true;
+        Ok(())
+    }
+
+    /// Withdraw the forward: the gateway stops routing to us at once.
+    pub async fn cancel_forward(&mut self) -> Result<(), SessionError> {
+        let (addr, port) = self.forward.clone();
+        self.handle.cancel_tcpip_forward(addr, port).await?;
+        self.forwarding = false;
+        Ok(())
+    }
+
+    /// True while the forward is requested.
+    pub fn is_forwarding(&self) -> bool {
+        self.forwarding
+    }
+
+    /// Channels currently being served.
+    pub fn active_channels(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+
+    /// The end of this session, to await separately from the session itself: resolves with
+    /// the reason. Taken once.
+    pub fn take_closed(&mut self) -> Closed {
+        Closed(self.closed.take())
+    }
+
+    /// Close the session politely.
+    pub async fn close(self, why: &str) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.handle.disconnect(russh::Disconnect::ByApplication, why, ""),
+        )
+        .await;
+    }
+}

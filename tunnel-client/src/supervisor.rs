@@ -1,0 +1,305 @@
+//! The supervisor: keeps one session up, reconnecting with jittered exponential backoff,
+//! preferring the best uplink (make-before-break when a better one works again), and
+//! withdrawing the forward while the local signer does not answer.
+//!
+//! ```text
+//!   connect (uplinks in preference order, the one that just failed last)
+//!     │ ok                                   │ host key mismatch: error, retry slowly
+//!     ▼                                      │ other error: backoff (0.5 s … 10 s, jittered)
+//!   serving ──── local signer fails `fall` probes ──▶ forward withdrawn (gateway fails over)
+//!     │ ▲ ◀──── local signer answers `rise` probes ─── forward requested again
+//!     │ └─ every `uplink_retry` on a worse uplink: open a session on a better one, then close
+//!     │    the old one (the gateway's newest-session-wins makes the switch seamless)
+//!     ▼ session ends (keepalive timeout, gateway restart…)
+//!   backoff (reset once a session stayed up `backoff.reset_after`), reconnect
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use russh::keys::PrivateKey;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{BackoffConfig, Settings};
+use crate::notify;
+use crate::probe::probe;
+use crate::session::{Session, SessionError};
+
+/// Jittered exponential backoff.
+pub struct Backoff {
+    cfg: BackoffConfig,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Start at `cfg.initial`.
+    pub fn new(cfg: BackoffConfig) -> Backoff {
+        let next = cfg.initial;
+        Backoff { cfg, next }
+    }
+
+    /// The next delay: uniformly in [d/2, d] where d doubles up to `max` (so many Pis
+    /// reconnecting after a gateway restart do not arrive in lockstep).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.cfg.max);
+        let half = d / 2;
+        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+    }
+
+    /// Back to the first delay (after a healthy period).
+    pub fn reset(&mut self) {
+        self.next = self.cfg.initial;
+    }
+}
+
+/// Order in which to try uplinks: preference order, the one that just failed last.
+pub fn uplink_order(count: usize, failed: Option<usize>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).filter(|&i| Some(i) != failed).collect();
+    if let Some(f) = failed.filter(|&f| f < count) {
+        order.push(f);
+    }
+    order
+}
+
+/// Counters shown in logs and the systemd status line.
+#[derive(Debug, Default)]
+struct Stats {
+    sessions: u64,
+    switches: u64,
+    ready_sent: bool,
+}
+
+/// Try every uplink in `order` and, on each, every gateway in order; the first session wins.
+async fn connect_first(
+    settings: &Settings,
+    key: &Arc<PrivateKey>,
+    order: &[usize],
+    forward: bool,
+) -> Result<Session, SessionError> {
+    let mut last = None;
+    for &u in order {
+        for gw in &settings.config.gateways {
+            match Session::connect(settings, Arc::clone(key), gw, u, forward, &mut |_| {}).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.is_host_key_mismatch() => return Err(e),
+                Err(e) => {
+                    let uplink = settings.uplinks.get(u).map_or("?", |x| x.name.as_str());
+                    warn!(gateway = %gw, uplink, error = %e, "connection attempt failed");
+                    last = Some(e);
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or(SessionError::Resolve("no gateway configured".into())))
+}
+
+enum Ended {
+    Shutdown,
+    Closed {
+        uplink: usize,
+        up_for: Duration,
+        reason: String,
+    },
+}
+
+/// Run until `shutdown` fires. Returns only then (all errors are retried).
+pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: CancellationToken) {
+    let cfg = &settings.config;
+    let mut backoff = Backoff::new(cfg.backoff.clone());
+    let mut stats = Stats::default();
+    let mut failed_uplink = None;
+    if let Some(every) = notify::watchdog_interval() {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => notify::watchdog(),
+                }
+            }
+        });
+    }
+    loop {
+        let signer_ok = probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout)
+            .await
+            .is_ok();
+        if !signer_ok {
+            warn!(signer = %cfg.signer, "local signer not answering: connecting without the forward for now");
+        }
+        let order = uplink_order(settings.uplinks.len(), failed_uplink);
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = connect_first(&settings, &key, &order, signer_ok) => c,
+        };
+        let delay = match connected {
+            Ok(session) => {
+                stats.sessions += 1;
+                match serve(&settings, &key, session, signer_ok, &mut stats, &shutdown).await {
+                    Ended::Shutdown => return,
+                    Ended::Closed { uplink, up_for, reason } => {
+                        warn!(uplink = %settings.uplinks.get(uplink).map_or("?", |u| u.name.as_str()), reason = %reason, up_for = ?up_for, "session ended");
+                        notify::status(&format!("reconnecting ({reason})"));
+                        if up_for >= cfg.backoff.reset_after {
+                            backoff.reset();
+                        }
+                        failed_uplink = Some(uplink);
+                        backoff.next_delay()
+                    }
+                }
+            }
+            Err(e) if e.is_host_key_mismatch() => {
+                error!(error = %e, retry_in = ?cfg.host_key_mismatch_retry, "SECURITY: the gateway's host key does not match the pinned key; not connecting");
+                notify::status("host key mismatch: not connecting");
+                cfg.host_key_mismatch_retry
+            }
+            Err(e) => {
+                let d = backoff.next_delay();
+                warn!(error = %e, retry_in = ?d, "cannot reach the gateway");
+                notify::status(&format!("cannot reach the gateway: {e}"));
+                d
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn serve(
+    settings: &Settings,
+    key: &Arc<PrivateKey>,
+    mut session: Session,
+    forwarding: bool,
+    stats: &mut Stats,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let cfg = &settings.config;
+    let hc = &cfg.health_check;
+    let mut closed = session.take_closed();
+    let mut oks = 0u32;
+    let mut fails = 0u32;
+    info!(gateway = %session.gateway, uplink = %session.uplink_name, forwarding, "session up");
+    let report = |s: &Session, stats: &mut Stats| {
+        let state = if s.is_forwarding() {
+            "serving"
+        } else {
+            "forward withdrawn (local signer down)"
+        };
+        notify::status(&format!(
+            "{state} via {} to {} (switches: {}, sessions: {})",
+            s.uplink_name, s.gateway, stats.switches, stats.sessions
+        ));
+        if s.is_forwarding() && !stats.ready_sent {
+            notify::ready();
+            stats.ready_sent = true;
+        }
+    };
+    report(&session, stats);
+    let mut health = tokio::time::interval(hc.interval);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start_better = tokio::time::Instant::now() + cfg.uplink_retry;
+    let mut better = tokio::time::interval_at(start_better, cfg.uplink_retry);
+    better.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                notify::stopping();
+                session.close("tunnel client stopping").await;
+                return Ended::Shutdown;
+            }
+            reason = closed.wait() => {
+                return Ended::Closed { uplink: session.uplink, up_for: session.since.elapsed(), reason };
+            }
+            _ = health.tick() => {
+                match probe(&cfg.signer, &hc.path, hc.timeout).await {
+                    Ok(()) => {
+                        oks += 1;
+                        fails = 0;
+                        if !session.is_forwarding() && oks >= hc.rise {
+                            match session.request_forward().await {
+                                Ok(()) => info!("local signer answers: forward requested"),
+                                Err(e) => warn!(error = %e, "cannot request the forward"),
+                            }
+                            report(&session, stats);
+                        }
+                    }
+                    Err(why) => {
+                        fails += 1;
+                        oks = 0;
+                        if session.is_forwarding() && fails >= hc.fall {
+                            warn!(signer = %cfg.signer, error = %why, "local signer not answering: withdrawing the forward so the gateway fails over");
+                            if let Err(e) = session.cancel_forward().await {
+                                warn!(error = %e, "cannot withdraw the forward");
+                            }
+                            report(&session, stats);
+                        }
+                    }
+                }
+            }
+            _ = better.tick(), if session.uplink > 0 => {
+                // Make before break: a session on a better uplink first, then close this one.
+                let order: Vec<usize> = (0..session.uplink).collect();
+                let started = Instant::now();
+                if let Ok(mut new) = connect_first(settings, key, &order, session.is_forwarding()).await {
+                    stats.switches += 1;
+                    info!(
+                        from = %session.uplink_name,
+                        to = %new.uplink_name,
+                        switches = stats.switches,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "uplink switch: a preferred uplink works again"
+                    );
+                    let new_closed = new.take_closed();
+                    let old = std::mem::replace(&mut session, new);
+                    closed = new_closed;
+                    old.close("moved to a preferred uplink").await;
+                    report(&session, stats);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_capped_and_resets() {
+        let mut b = Backoff::new(BackoffConfig {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+            reset_after: Duration::from_secs(30),
+        });
+        let first = b.next_delay();
+        assert!(
+            first >= Duration::from_millis(250) && first <= Duration::from_millis(500),
+            "{first:?}"
+        );
+        let mut last = first;
+        for _ in 0..20 {
+            last = b.next_delay();
+            assert!(last <= Duration::from_secs(10));
+        }
+        assert!(
+            last >= Duration::from_secs(5),
+            "capped delays stay near the cap: {last:?}"
+        );
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn failed_uplink_goes_last() {
+        assert_eq!(uplink_order(3, None), vec![0, 1, 2]);
+        assert_eq!(uplink_order(3, Some(0)), vec![1, 2, 0]);
+        assert_eq!(uplink_order(2, Some(1)), vec![0, 1]);
+        assert_eq!(uplink_order(1, Some(0)), vec![0]);
+        assert_eq!(uplink_order(2, Some(7)), vec![0, 1]);
+    }
+}
