@@ -682,6 +682,13 @@ signers:
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/gateway.yaml");
+        let s = Config::load(Path::new(path)).unwrap();
+        assert_eq!(s.config.signers.len(), 2);
+    }
+
+    #[test]
     fn durations_are_human_readable() {
         let s = Config::parse(&format!(
             "{MINIMAL}request_timeout: 500ms\nhealth_check:\n  interval: 3s\n"
