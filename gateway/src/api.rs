@@ -200,12 +200,16 @@ impl Api {
     /// Read the body (JSON string of hex), capped at `max_body` bytes.
     async fn read_payload(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
         let too_large = || {
-            error_trace(
+            let mut r = error_trace(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "permanent",
                 "signer_gateway.body_too_large",
                 &format!("request body exceeds {} bytes", self.max_body),
-            )
+            );
+            // The rest of the body is not read: the connection cannot be reused, so say so
+            // rather than let a keep-alive client send its next request into a closed socket.
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
         };
         let declared = req
             .headers()

@@ -1,1 +1,67 @@
-fn main() {}
+//! `test-signer`: an octez-compatible remote signer with real ed25519 keys and fault modes,
+//! for end-to-end tests of signer-gateway. Never use its keys for anything real.
+//!
+//! Prints exactly one line on stdout, `test-signer listening on <addr> keys=<tz1…,…>`, then
+//! serves until SIGTERM or SIGINT. Control endpoints: see `gateway_e2e::test_signer`.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::Parser;
+use gateway_e2e::test_signer::{parse_seed, Mode, TestSigner, TestSignerOptions};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Test remote signer (octez protocol) with fault injection.
+#[derive(Debug, Parser)]
+#[command(name = "test-signer", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// A key seed: 64 hex digits, an edsk… seed, or a small integer n for the seed [n; 32].
+    /// Repeat for several keys.
+    #[arg(long = "seed", value_parser = parse_seed, required = true)]
+    seeds: Vec<[u8; 32]>,
+    /// Initial fault mode: ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, refuse.
+    #[arg(long, default_value = "ok")]
+    mode: Mode,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let handle = TestSigner::spawn(TestSignerOptions {
+        listen: args.listen,
+        seeds: args.seeds,
+        mode: args.mode,
+    })
+    .await
+    .with_context(|| format!("binding {}", args.listen))?;
+    let keys: Vec<String> = handle.pkhs().iter().map(ToString::to_string).collect();
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "test-signer listening on {} keys={}",
+            handle.addr(),
+            keys.join(",")
+        )?;
+        out.flush()?;
+    }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    handle.shutdown().await;
+    Ok(())
+}

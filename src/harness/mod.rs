@@ -1,0 +1,39 @@
+//! Process harness for end-to-end tests: the real `signer-gateway` binary in a temp dir
+//! ([`Gateway`]), `test-signer` processes ([`TestSignerProcess`]), an HTTP client
+//! ([`Client`]), polling with deadlines ([`eventually`]) and payload builders.
+//!
+//! Everything binds loopback port 0 and reads the real addresses from the processes' ready
+//! lines, so tests run in parallel without port clashes. `E2E_VERBOSE=1` shows the children's
+//! output; otherwise the gateway's stderr goes to `<dir>/gateway.log` ([`Gateway::log`]),
+//! whose tail is printed when a test panics.
+
+mod client;
+mod gateway;
+mod payloads;
+mod poll;
+mod process;
+mod signer_process;
+
+pub use client::{Client, Reply, DEFAULT_TIMEOUT};
+pub use gateway::{gateway_bin, parse_ready_line, Gateway, GatewayConfig, READY_PREFIX, READY_TIMEOUT};
+pub use payloads::{
+    attestation, block, block_from_vector, generic_operation, preattestation, vector, ConsensusOp, TEST_CHAIN,
+    VECTORS_PATH,
+};
+pub use poll::{eventually, within, POLL_INTERVAL};
+pub use process::verbose;
+pub use signer_process::{SignerControl, TestSignerProcess};
+
+/// Assert that `body` is an octez error trace: a non-empty JSON array of objects, each with a
+/// string `id` (and usually `kind` and `msg`).
+pub fn assert_error_trace(body: &serde_json::Value) -> anyhow::Result<()> {
+    let items = body
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("error body is not a JSON array: {body}"))?;
+    anyhow::ensure!(!items.is_empty(), "error trace is empty: {body}");
+    for item in items {
+        anyhow::ensure!(item.is_object(), "error trace item is not an object: {body}");
+        anyhow::ensure!(item["id"].is_string(), "error trace item without a string id: {body}");
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The `test-signer` binary as a real process (to kill it for real), and a control client
+//! that works for in-process and process signers alike.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http::{Method, StatusCode};
+use signer_gateway::tezos::Pkh;
+
+use super::client::Client;
+use super::process::{verbose, Proc};
+use crate::test_signer::{Mode, Stats, TestKey};
+
+/// Prefix of the line `test-signer` prints once it listens.
+pub const READY_PREFIX: &str = "test-signer listening on ";
+
+/// Talks to a test signer's `/_control/` endpoints.
+#[derive(Clone)]
+pub struct SignerControl {
+    addr: SocketAddr,
+    // Fresh connections: the signer may be killed and restarted on the same port.
+    client: Client,
+}
+
+impl SignerControl {
+    /// Control client for the test signer at `addr`.
+    pub fn new(addr: SocketAddr) -> SignerControl {
+        SignerControl {
+            addr,
+            client: Client::fresh_connections().with_timeout(Duration::from_secs(5)),
+        }
+    }
+
+    /// Switch the fault mode.
+    pub async fn set_mode(&self, mode: Mode) -> anyhow::Result<()> {
+        let url = format!("http://{}/_control/mode", self.addr);
+        let reply = self.client.raw(Method::PUT, &url, mode.to_string(), &[]).await?;
+        anyhow::ensure!(
+            reply.status.is_success(),
+            "PUT {url}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        Ok(())
+    }
+
+    /// Counters so far.
+    pub async fn stats(&self) -> anyhow::Result<Stats> {
+        let url = format!("http://{}/_control/stats", self.addr);
+        let (status, body) = self.client.get(&url).await?;
+        anyhow::ensure!(status == StatusCode::OK, "GET {url}: {status} {body}");
+        serde_json::from_value(body).context("decoding stats")
+    }
+
+    /// Zero the counters.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        let url = format!("http://{}/_control/reset", self.addr);
+        let reply = self.client.raw(Method::POST, &url, "", &[]).await?;
+        anyhow::ensure!(reply.status.is_success(), "POST {url}: {}", reply.status);
+        Ok(())
+    }
+}
+
+/// A `test-signer` child process. Dropping it kills it.
+pub struct TestSignerProcess {
+    proc: Option<Proc>,
+    bin: PathBuf,
+    addr: SocketAddr,
+    seeds: Vec<[u8; 32]>,
+    pkhs: Vec<Pkh>,
+    control: SignerControl,
+}
+
+impl TestSignerProcess {
+    /// Start `bin` (in tests: `env!("CARGO_BIN_EXE_test-signer")`) on a free loopback port with
+    /// one key per seed, in `mode`.
+    pub async fn start(bin: impl AsRef<Path>, seeds: &[[u8; 32]], mode: Mode) -> anyhow::Result<TestSignerProcess> {
+        TestSignerProcess::start_on(bin, SocketAddr::from(([127, 0, 0, 1], 0)), seeds, mode).await
+    }
+
+    /// As [`TestSignerProcess::start`] on a given address.
+    pub async fn start_on(
+        bin: impl AsRef<Path>,
+        listen: SocketAddr,
+        seeds: &[[u8; 32]],
+        mode: Mode,
+    ) -> anyhow::Result<TestSignerProcess> {
+        let bin = bin.as_ref().to_path_buf();
+        let (proc, addr, pkhs) = spawn(&bin, listen, seeds, mode).await?;
+        Ok(TestSignerProcess {
+            proc: Some(proc),
+            bin,
+            addr,
+            seeds: seeds.to_vec(),
+            pkhs,
+            control: SignerControl::new(addr),
+        })
+    }
+
+    /// Address it listens on (kept across [`TestSignerProcess::restart`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Key hashes, in seed order.
+    pub fn pkhs(&self) -> &[Pkh] {
+        &self.pkhs
+    }
+
+    /// The keys, in seed order.
+    pub fn keys(&self) -> Vec<TestKey> {
+        self.seeds.iter().map(|s| TestKey::from_seed(*s)).collect()
+    }
+
+    /// Control client.
+    pub fn control(&self) -> &SignerControl {
+        &self.control
+    }
+
+    /// Switch the fault mode.
+    pub async fn set_mode(&self, mode: Mode) -> anyhow::Result<()> {
+        self.control.set_mode(mode).await
+    }
+
+    /// Counters of the current run (a restart starts from zero).
+    pub async fn stats(&self) -> anyhow::Result<Stats> {
+        self.control.stats().await
+    }
+
+    /// Is the process running?
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// SIGKILL and reap: connections are reset, the port is closed.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM and wait up to `within`.
+    pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut p = self.proc.take().context("test-signer is not running")?;
+        p.terminate(within).await
+    }
+
+    /// Kill if running, then start again on the same address with the same keys, in `mode`.
+    pub async fn restart(&mut self, mode: Mode) -> anyhow::Result<()> {
+        self.kill();
+        // The port was just ours; retry briefly in case the kernel is slow to release it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match spawn(&self.bin, self.addr, &self.seeds, mode).await {
+                Ok((proc, _, _)) => {
+                    self.proc = Some(proc);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "test-signer restart failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.context(format!("restarting test-signer on {}", self.addr))),
+            }
+        }
+    }
+}
+
+async fn spawn(
+    bin: &Path,
+    listen: SocketAddr,
+    seeds: &[[u8; 32]],
+    mode: Mode,
+) -> anyhow::Result<(Proc, SocketAddr, Vec<Pkh>)> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--listen").arg(listen.to_string());
+    for s in seeds {
+        cmd.arg("--seed").arg(hex::encode(s));
+    }
+    cmd.arg("--mode").arg(mode.to_string());
+    cmd.stderr(if verbose() { Stdio::inherit() } else { Stdio::null() });
+    let (proc, line) = Proc::spawn("test-signer", cmd, READY_PREFIX, Duration::from_secs(10), None).await?;
+    let (addr, pkhs) = parse_ready_line(&line)?;
+    Ok((proc, addr, pkhs))
+}
+
+/// Parse `test-signer listening on <addr> keys=<tz1…,…>`.
+pub fn parse_ready_line(line: &str) -> anyhow::Result<(SocketAddr, Vec<Pkh>)> {
+    let rest = line
+        .strip_prefix(READY_PREFIX)
+        .with_context(|| format!("not a ready line: {line:?}"))?;
+    let (addr, keys) = rest
+        .split_once(" keys=")
+        .with_context(|| format!("no keys= in {line:?}"))?;
+    let addr = addr.parse().with_context(|| format!("address in {line:?}"))?;
+    let pkhs = keys
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse::<Pkh>().map_err(|e| anyhow::anyhow!("key {s:?}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((addr, pkhs))
+}

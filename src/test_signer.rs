@@ -1,0 +1,605 @@
+//! A real octez-compatible remote signer for tests: HTTP/1.1 (hyper, keep-alive on), real
+//! ed25519 keys from fixed seeds, and fault modes switchable at runtime.
+//!
+//! # Protocol (as octez-signer, `protocol.md` section 1)
+//! - `GET /authorized_keys` → `{}`
+//! - `GET /keys/<pkh>` → `{"public_key":"edpk…"}`, 404 for an unknown key
+//! - `POST /keys/<pkh>[?version=..&authentication=..]`, body a JSON string of hex (magic byte
+//!   included, trailing newline accepted, `Content-Length` or chunked) →
+//!   `{"signature":"edsig…"}`: ed25519 over blake2b-256 of the bytes. 400 on a bad body.
+//!
+//! Errors are octez error traces: `[{"kind":"temporary","id":"…","msg":"…"}]`.
+//!
+//! # Fault modes ([`Mode`])
+//! `ok`, `slow:<ms>`, `fail`, `fail-sign`, `hang`, `wrong-sig`, `refuse`: see the variants.
+//! Modes apply to protocol paths only, never to the control endpoints.
+//!
+//! # Control endpoints (outside the protocol)
+//! - `PUT /_control/mode` (body: the mode string, optionally JSON-quoted) → 204; `GET` → the mode
+//! - `GET /_control/stats` → [`Stats`] as JSON, so a test can tell which signer served
+//! - `POST /_control/reset` → zero the counters
+//!
+//! Use [`TestSigner::spawn`] in-process, or the `test-signer` binary (see
+//! `harness::TestSignerProcess`) when a test needs to kill a signer for real.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::{Signer as _, SigningKey};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use signer_gateway::tezos::{self, Pkh, PublicKey};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body the test signer reads (octez payloads are far smaller).
+const MAX_BODY: usize = 1 << 20;
+
+/// The 32-byte seed that [`key_from_seed`] derives key number `n` from: `[n; 32]`.
+///
+/// Deliberately trivial so other tools (octez-client, Taquito) can rebuild the same keys.
+pub fn seed(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+/// The deterministic test key number `n` (seed `[n; 32]`).
+pub fn key_from_seed(n: u8) -> TestKey {
+    TestKey::from_seed(seed(n))
+}
+
+/// Parse a seed given on a command line: 64 hex digits, an `edsk…` seed, or a small integer
+/// `n` meaning [`seed`]`(n)`.
+pub fn parse_seed(s: &str) -> Result<[u8; 32], String> {
+    let s = s.trim();
+    if s.len() == 64 {
+        let bytes = hex::decode(s).map_err(|e| format!("seed {s:?}: {e}"))?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&bytes);
+        return Ok(out);
+    }
+    if s.starts_with("edsk") {
+        return tezos::decode_ed25519_seed(s).map_err(|e| format!("seed {s:?}: {e}"));
+    }
+    s.parse::<u8>()
+        .map(seed)
+        .map_err(|_| format!("seed {s:?}: expected 64 hex digits, an edsk… seed or an integer 0..=255"))
+}
+
+/// An ed25519 signing key with its Tezos names.
+#[derive(Clone)]
+pub struct TestKey {
+    seed: [u8; 32],
+    signing: SigningKey,
+    public_key: PublicKey,
+    pkh: Pkh,
+}
+
+impl TestKey {
+    /// The key whose 32-byte ed25519 seed is `seed`.
+    pub fn from_seed(seed: [u8; 32]) -> TestKey {
+        let signing = SigningKey::from_bytes(&seed);
+        let public_key = PublicKey::Ed25519(signing.verifying_key().to_bytes());
+        let pkh = public_key.hash();
+        TestKey {
+            seed,
+            signing,
+            public_key,
+            pkh,
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> [u8; 32] {
+        self.seed
+    }
+
+    /// The seed as `edsk…` (what `octez-client import secret key` takes as `unencrypted:`).
+    pub fn edsk(&self) -> String {
+        tezos::encode_ed25519_seed(&self.seed)
+    }
+
+    /// The key hash (`tz1…`).
+    pub fn pkh(&self) -> Pkh {
+        self.pkh
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
+    }
+
+    /// Sign as octez does: ed25519 over blake2b-256 of `bytes`; returns `edsig…`.
+    pub fn sign(&self, bytes: &[u8]) -> String {
+        let sig = self.signing.sign(&tezos::blake2b_256(bytes));
+        tezos::encode_ed25519_signature(&sig.to_bytes())
+    }
+}
+
+impl fmt::Debug for TestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The seed stays out of debug output, as a real key would.
+        f.debug_struct("TestKey")
+            .field("pkh", &self.pkh)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the test signer behaves; switch with [`TestSignerHandle::set_mode`] or
+/// `PUT /_control/mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Answer correctly.
+    #[default]
+    Ok,
+    /// Answer correctly after this delay, on every protocol path.
+    Slow(Duration),
+    /// 500 with an error trace on every protocol call, health path included.
+    Fail,
+    /// 500 on `POST /keys/…` only; reads stay healthy.
+    FailSign,
+    /// Accept the connection, read the request, never answer (every protocol path).
+    Hang,
+    /// Answer signing requests with a well-formed `edsig…` of this key over other bytes.
+    WrongSig,
+    /// 403 on `POST /keys/…`, like a Ledger whose user refused.
+    Refuse,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        let s = s.trim().trim_matches('"');
+        Ok(match s {
+            "ok" => Mode::Ok,
+            "fail" => Mode::Fail,
+            "fail-sign" => Mode::FailSign,
+            "hang" => Mode::Hang,
+            "wrong-sig" => Mode::WrongSig,
+            "refuse" => Mode::Refuse,
+            _ => match s.strip_prefix("slow:").map(str::parse::<u64>) {
+                Some(Ok(ms)) => Mode::Slow(Duration::from_millis(ms)),
+                _ => {
+                    return Err(format!(
+                        "unknown mode {s:?}: expected ok, slow:<ms>, fail, fail-sign, hang, wrong-sig or refuse"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Ok => f.write_str("ok"),
+            Mode::Slow(d) => write!(f, "slow:{}", d.as_millis()),
+            Mode::Fail => f.write_str("fail"),
+            Mode::FailSign => f.write_str("fail-sign"),
+            Mode::Hang => f.write_str("hang"),
+            Mode::WrongSig => f.write_str("wrong-sig"),
+            Mode::Refuse => f.write_str("refuse"),
+        }
+    }
+}
+
+/// Counters served at `GET /_control/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Signatures returned (200 answers to `POST /keys/…`, `wrong-sig` included).
+    pub signs: u64,
+    /// `POST /keys/…` requests received, whatever the answer.
+    pub sign_requests: u64,
+    /// Protocol requests received (all paths except `/_control/`).
+    pub requests: u64,
+    /// Hex of the last payload signed (as received, magic byte included).
+    pub last_sign_hex: Option<String>,
+    /// Query string of the last `POST /keys/…` (to check `version=` is passed on).
+    pub last_query: Option<String>,
+    /// Current mode, as its string.
+    pub mode: String,
+}
+
+/// Settings for [`TestSigner::spawn`].
+#[derive(Debug, Clone)]
+pub struct TestSignerOptions {
+    /// Address to bind; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// One key per seed.
+    pub seeds: Vec<[u8; 32]>,
+    /// Initial mode.
+    pub mode: Mode,
+}
+
+impl Default for TestSignerOptions {
+    fn default() -> Self {
+        TestSignerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seeds: vec![seed(1)],
+            mode: Mode::Ok,
+        }
+    }
+}
+
+/// Shared state of one test signer.
+struct State {
+    keys: Vec<TestKey>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    mode: Mode,
+    stats: Stats,
+}
+
+impl State {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain counters behind: still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn key(&self, pkh: &str) -> Option<&TestKey> {
+        self.keys.iter().find(|k| k.pkh.to_string() == pkh)
+    }
+
+    fn stats(&self) -> Stats {
+        let g = self.lock();
+        Stats {
+            mode: g.mode.to_string(),
+            ..g.stats.clone()
+        }
+    }
+}
+
+/// Entry point for the in-process test signer.
+pub struct TestSigner;
+
+impl TestSigner {
+    /// Bind `options.listen` and serve on a task of the current runtime until
+    /// [`TestSignerHandle::shutdown`] or drop.
+    pub async fn spawn(options: TestSignerOptions) -> std::io::Result<TestSignerHandle> {
+        let listener = TcpListener::bind(options.listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            keys: options.seeds.iter().map(|s| TestKey::from_seed(*s)).collect(),
+            inner: Mutex::new(Inner {
+                mode: options.mode,
+                stats: Stats::default(),
+            }),
+        });
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, state.clone(), cancel.clone()));
+        Ok(TestSignerHandle {
+            addr,
+            state,
+            cancel,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running in-process test signer. Dropping it stops it (abruptly, like a crash).
+pub struct TestSignerHandle {
+    addr: SocketAddr,
+    state: Arc<State>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestSignerHandle {
+    /// Address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its keys, in seed order.
+    pub fn keys(&self) -> &[TestKey] {
+        &self.state.keys
+    }
+
+    /// Key hashes, in seed order.
+    pub fn pkhs(&self) -> Vec<Pkh> {
+        self.state.keys.iter().map(|k| k.pkh).collect()
+    }
+
+    /// Public keys, in seed order.
+    pub fn public_keys(&self) -> Vec<PublicKey> {
+        self.state.keys.iter().map(|k| k.public_key.clone()).collect()
+    }
+
+    /// Switch the fault mode; applies to requests that arrive from now on.
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().mode = mode;
+    }
+
+    /// Current fault mode.
+    pub fn mode(&self) -> Mode {
+        self.state.lock().mode
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// Zero the counters.
+    pub fn reset_stats(&self) {
+        self.state.lock().stats = Stats::default();
+    }
+
+    /// Stop accepting, drop every connection (answers in progress are lost, as in a crash),
+    /// and wait until the port is released.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestSignerHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Accept loop: one task per connection, all dropped on `cancel`.
+async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationToken) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "test-signer accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            // Cancellation drops the connection mid-request on purpose: shutdown means crash.
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                res = conn => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "test-signer connection ended");
+                    }
+                }
+            }
+        });
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, value: serde_json::Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn trace(status: StatusCode, id: &str, msg: impl fmt::Display) -> Resp {
+    json(
+        status,
+        serde_json::json!([{ "kind": "temporary", "id": id, "msg": msg.to_string() }]),
+    )
+}
+
+fn empty(status: StatusCode) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(trace(StatusCode::PAYLOAD_TOO_LARGE, "test_signer.body", e)),
+    }
+}
+
+/// Decode a signing body: a JSON string of hex (whitespace around it allowed).
+fn decode_sign_body(body: &[u8]) -> Result<Vec<u8>, String> {
+    let text: String = serde_json::from_slice(body).map_err(|e| format!("body is not a JSON string: {e}"))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| format!("body is not hex: {e}"))?;
+    if bytes.is_empty() {
+        return Err("nothing to sign".to_string());
+    }
+    Ok(bytes)
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    if let Some(what) = path.strip_prefix("/_control/") {
+        return control(state, what, req).await;
+    }
+    let mode = {
+        let mut g = state.lock();
+        g.stats.requests += 1;
+        g.mode
+    };
+    let is_sign = req.method() == Method::POST && path.starts_with("/keys/");
+    let query = req.uri().query().map(str::to_string);
+    let method = req.method().clone();
+    // Read the body first in every mode: "hang" means the request arrived and was read.
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    if is_sign {
+        let mut g = state.lock();
+        g.stats.sign_requests += 1;
+        g.stats.last_query = query;
+    }
+    match mode {
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Slow(d) => tokio::time::sleep(d).await,
+        Mode::Fail => {
+            return trace(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "test_signer.fail",
+                "injected failure",
+            )
+        }
+        _ => {}
+    }
+    if path == "/authorized_keys" {
+        return match method {
+            Method::GET => json(StatusCode::OK, serde_json::json!({})),
+            _ => empty(StatusCode::METHOD_NOT_ALLOWED),
+        };
+    }
+    let Some(pkh) = path.strip_prefix("/keys/") else {
+        return trace(
+            StatusCode::NOT_FOUND,
+            "test_signer.not_found",
+            format!("no route for {path}"),
+        );
+    };
+    let Some(key) = state.key(pkh) else {
+        return trace(
+            StatusCode::NOT_FOUND,
+            "test_signer.unknown_key",
+            format!("unknown key {pkh}"),
+        );
+    };
+    match method {
+        Method::GET => json(
+            StatusCode::OK,
+            serde_json::json!({ "public_key": key.public_key.to_string() }),
+        ),
+        Method::POST => {
+            let bytes = match decode_sign_body(&body) {
+                Ok(b) => b,
+                Err(msg) => return trace(StatusCode::BAD_REQUEST, "test_signer.bad_body", msg),
+            };
+            let signature = match mode {
+                Mode::FailSign => {
+                    return trace(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "test_signer.fail_sign",
+                        "injected failure",
+                    )
+                }
+                Mode::Refuse => return trace(StatusCode::FORBIDDEN, "test_signer.refused", "signing refused"),
+                Mode::WrongSig => {
+                    let mut other = bytes.clone();
+                    other.extend_from_slice(b"\x00wrong");
+                    key.sign(&other)
+                }
+                _ => key.sign(&bytes),
+            };
+            {
+                let mut g = state.lock();
+                g.stats.signs += 1;
+                g.stats.last_sign_hex = Some(hex::encode(&bytes));
+            }
+            json(StatusCode::OK, serde_json::json!({ "signature": signature }))
+        }
+        _ => empty(StatusCode::METHOD_NOT_ALLOWED),
+    }
+}
+
+async fn control(state: &State, what: &str, req: Request<Incoming>) -> Resp {
+    let method = req.method().clone();
+    match (what, method) {
+        ("mode", Method::GET) => json(StatusCode::OK, serde_json::json!(state.lock().mode.to_string())),
+        ("mode", Method::PUT | Method::POST) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let text = String::from_utf8_lossy(&body);
+            match text.parse::<Mode>() {
+                Ok(mode) => {
+                    state.lock().mode = mode;
+                    empty(StatusCode::NO_CONTENT)
+                }
+                Err(msg) => trace(StatusCode::BAD_REQUEST, "test_signer.mode", msg),
+            }
+        }
+        ("stats", Method::GET) => match serde_json::to_value(state.stats()) {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(e) => trace(StatusCode::INTERNAL_SERVER_ERROR, "test_signer.stats", e),
+        },
+        ("reset", Method::POST | Method::PUT) => {
+            state.lock().stats = Stats::default();
+            empty(StatusCode::NO_CONTENT)
+        }
+        ("mode" | "stats" | "reset", _) => empty(StatusCode::METHOD_NOT_ALLOWED),
+        _ => trace(StatusCode::NOT_FOUND, "test_signer.not_found", "unknown control path"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_round_trip() {
+        for s in ["ok", "slow:250", "fail", "fail-sign", "hang", "wrong-sig", "refuse"] {
+            assert_eq!(s.parse::<Mode>().unwrap().to_string(), s);
+        }
+        assert_eq!("\"hang\"\n".parse::<Mode>().unwrap(), Mode::Hang);
+        assert!("slow".parse::<Mode>().is_err());
+        assert!("slow:x".parse::<Mode>().is_err());
+        assert!("nope".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn seeds_parse() {
+        assert_eq!(parse_seed("7").unwrap(), [7u8; 32]);
+        assert_eq!(parse_seed(&"ab".repeat(32)).unwrap(), [0xab; 32]);
+        let k = key_from_seed(3);
+        assert_eq!(parse_seed(&k.edsk()).unwrap(), [3u8; 32]);
+        assert!(parse_seed("256").is_err());
+        assert!(parse_seed("zz").is_err());
+    }
+
+    #[test]
+    fn keys_sign_verifiably() {
+        let k = key_from_seed(1);
+        assert!(k.pkh().to_string().starts_with("tz1"));
+        let sig = k.sign(b"\x13abc");
+        k.public_key().verify(b"\x13abc", &sig).unwrap();
+        assert!(k.public_key().verify(b"\x13abd", &sig).is_err());
+        assert_ne!(key_from_seed(1).pkh(), key_from_seed(2).pkh());
+    }
+
+    #[test]
+    fn sign_bodies() {
+        assert_eq!(decode_sign_body(b"\"13ab\"\n").unwrap(), vec![0x13, 0xab]);
+        assert_eq!(decode_sign_body(b" \"13AB\" ").unwrap(), vec![0x13, 0xab]);
+        assert!(decode_sign_body(b"13ab").is_err());
+        assert!(decode_sign_body(b"\"\"").is_err());
+        assert!(decode_sign_body(b"\"131\"").is_err());
+        assert!(decode_sign_body(b"\"zz\"").is_err());
+        assert!(decode_sign_body(b"").is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! Interop: Taquito's `RemoteSigner` (a third-party client) against the gateway, under a path
+//! prefix. Taquito fetches the public key, checks it hashes to the pkh, and verifies the
+//! signature; `tests/taquito/sign.mjs` verifies once more, and so do we, in Rust.
+//!
+//! Needs Node.js (`node` on PATH; set `SKIP_NODE_TESTS=1` to skip loudly) and the npm
+//! packages in `tests/taquito/node_modules` (installed here with `npm ci` when missing), and
+//! the `signer-gateway` binary (`cargo build --workspace --bins`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use gateway_e2e::harness::{attestation, generic_operation, Gateway, GatewayConfig, TestSignerProcess, TEST_CHAIN};
+use gateway_e2e::test_signer::{seed, Mode};
+use serde_json::Value;
+use signer_gateway::tezos::PublicKey;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-signer");
+
+fn taquito_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/taquito")
+}
+
+/// `Some(version)` if node runs; `None` if the test must be skipped; panics otherwise.
+async fn node_or_skip() -> Option<String> {
+    let out = Command::new("node").arg("--version").output().await;
+    match out {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        _ if std::env::var("SKIP_NODE_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("\n**************************************************************");
+            eprintln!("* SKIPPED: Taquito interop test (SKIP_NODE_TESTS=1, no node) *");
+            eprintln!("**************************************************************\n");
+            None
+        }
+        _ => panic!("node not found: install Node.js to run the Taquito interop test (or set SKIP_NODE_TESTS=1)"),
+    }
+}
+
+/// Run `npm ci` once if `node_modules` is missing.
+async fn ensure_node_modules() {
+    let dir = taquito_dir();
+    if dir.join("node_modules/@taquito/remote-signer").is_dir() {
+        return;
+    }
+    eprintln!("tests/taquito/node_modules missing: running `npm ci` (needs the npm registry)");
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("npm ci did not finish within 180 s")
+    .expect("npm not found: install npm, or run `npm ci` in tests/taquito");
+    assert!(
+        out.status.success(),
+        "`npm ci` in {} failed ({}):\n{}",
+        dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `node sign.mjs <base> <pkh> <hex>`: exit success and the JSON line it printed.
+async fn taquito_sign(base: &str, pkh: &str, bytes: &[u8]) -> (bool, Value) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new("node")
+            .arg("sign.mjs")
+            .args([base, pkh, &hex::encode(bytes)])
+            .current_dir(taquito_dir())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("sign.mjs did not finish within 30 s")
+    .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "sign.mjs printed no JSON line ({e}); status {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taquito_remote_signer_signs_through_the_gateway() {
+    let Some(version) = node_or_skip().await else {
+        return;
+    };
+    eprintln!("node {version}");
+    ensure_node_modules().await;
+
+    let signer = TestSignerProcess::start(BIN, &[seed(11), seed(12)], Mode::Ok)
+        .await
+        .unwrap();
+    let (generic_ok, generic_no) = (signer.pkhs()[0], signer.pkhs()[1]);
+    let mut cfg = GatewayConfig::new(&[("primary", signer.addr())]);
+    cfg.path_prefix = "/signer".into();
+    cfg.policy_keys = format!("{{ {generic_ok}: {{ allow_generic: true }} }}");
+    let gw = Gateway::start(&cfg.to_yaml()).await.unwrap();
+    gw.wait_signers_up(&["primary"], Duration::from_secs(10)).await.unwrap();
+    let base = gw.api_url("/signer");
+    let keys = signer.keys();
+
+    let cases: [(&str, _, Vec<u8>); 3] = [
+        ("attestation", generic_ok, attestation(TEST_CHAIN, 100, 0, 1)),
+        (
+            "generic operation (allowed for this key)",
+            generic_ok,
+            generic_operation(1),
+        ),
+        (
+            "attestation, second key",
+            generic_no,
+            attestation(TEST_CHAIN, 100, 0, 1),
+        ),
+    ];
+    for (case, pkh, bytes) in cases {
+        let (ok, out) = taquito_sign(&base, &pkh.to_string(), &bytes).await;
+        assert!(ok && out["ok"] == true, "{case}: {out}");
+        assert_eq!(out["pkh"], pkh.to_string(), "{case}");
+        let pk: PublicKey = out["public_key"].as_str().unwrap().parse().unwrap();
+        let key = keys.iter().find(|k| k.pkh() == pkh).unwrap();
+        assert_eq!(&pk, key.public_key(), "{case}");
+        let sig = out["signature"].as_str().unwrap();
+        assert!(sig.starts_with("edsig"), "{case}: {sig}");
+        pk.verify(&bytes, sig)
+            .unwrap_or_else(|e| panic!("{case}: signature does not verify in Rust: {e}"));
+    }
+
+    // Refusals reach Taquito as HTTP errors: a double attestation (409), a generic operation
+    // for a key that may not sign them (403).
+    let (ok, out) = taquito_sign(&base, &generic_ok.to_string(), &attestation(TEST_CHAIN, 100, 0, 2)).await;
+    assert!(!ok && out["ok"] == false, "double attestation must fail: {out}");
+    assert_eq!(out["status"], 409, "{out}");
+    let (ok, out) = taquito_sign(&base, &generic_no.to_string(), &generic_operation(2)).await;
+    assert!(!ok && out["ok"] == false, "generic op must be refused: {out}");
+    assert_eq!(out["status"], 403, "{out}");
+}
