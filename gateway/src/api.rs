@@ -91,9 +91,8 @@ fn route(path: &str) -> Option<Route<'_>> {
     }
 }
 
-fn parse_pkh(s: &str) -> Result<Pkh, Response<Body>> {
-    s.parse::<Pkh>()
-        .map_err(|e| bad_request(&format!("invalid key hash {s:?}: {e}")))
+fn parse_pkh(s: &str) -> Result<Pkh, String> {
+    s.parse::<Pkh>().map_err(|e| format!("invalid key hash {s:?}: {e}"))
 }
 
 impl Api {
@@ -138,15 +137,15 @@ impl Api {
                 if method != Method::GET {
                     return method_not_allowed("GET");
                 }
-                if let Err(r) = parse_pkh(k) {
-                    return r;
+                if let Err(m) = parse_pkh(k) {
+                    return bad_request(&m);
                 }
                 self.pass_through(path, query.as_deref()).await
             }
             Route::Key(k) => {
                 let pkh = match parse_pkh(k) {
                     Ok(p) => p,
-                    Err(r) => return r,
+                    Err(m) => return bad_request(&m),
                 };
                 match method {
                     Method::GET => match self.signing.public_key(pkh).await {
@@ -208,7 +207,8 @@ impl Api {
             );
             // The rest of the body is not read: the connection cannot be reused, so say so
             // rather than let a keep-alive client send its next request into a closed socket.
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         };
         let declared = req
@@ -237,7 +237,7 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, String> {
     if text.is_empty() {
         return Err("empty payload: nothing to sign".into());
     }
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(format!("odd-length hex ({} digits)", text.len()));
     }
     hex::decode(&text).map_err(|e| format!("invalid hex: {e}"))

@@ -33,8 +33,9 @@ pub struct Metrics {
     pub store_healthy: IntGauge,
     /// 1 while a tunnel signer's session carries its forward.
     pub tunnel_connected: IntGaugeVec,
-    /// SSH connections by outcome (`accepted`, `rejected_unknown_key`, `rejected_auth_method`,
-    /// `rejected_auth_timeout`, `rejected_too_many_unauthenticated`).
+    /// SSH connections by outcome, counted once per connection: `accepted`, or why it never
+    /// authenticated (`rejected_unknown_key`, `rejected_auth_method`, `rejected_auth_timeout`,
+    /// `rejected_too_many_unauthenticated`, `closed_before_auth`).
     pub ssh_sessions: IntCounterVec,
     /// Requests refused on authenticated sessions (`session`, `direct_tcpip`, `streamlocal`).
     pub ssh_refused_requests: IntCounterVec,

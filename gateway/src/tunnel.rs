@@ -391,6 +391,7 @@ impl Broker {
         };
         let (socket, stream) = socket;
         let (authed_tx, authed_rx) = oneshot::channel();
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = SessionHandler {
             broker: Arc::clone(&self),
             id,
@@ -400,14 +401,16 @@ impl Broker {
             authed: Some(authed_tx),
             socket: Arc::clone(&socket),
             forwarded: None,
+            rejected: None,
+            timed_out: Arc::clone(&timed_out),
         };
         let deadline = self.settings.auth_timeout;
         let watchdog_socket = Arc::clone(&socket);
-        let metrics = Arc::clone(&self.metrics);
+        let watchdog_flag = Arc::clone(&timed_out);
         // Handshake and authentication must finish within the deadline.
         let watchdog = tokio::spawn(async move {
             if tokio::time::timeout(deadline, authed_rx).await.is_err() {
-                metrics.ssh_sessions.with_label_values(&["rejected_auth_timeout"]).inc();
+                watchdog_flag.store(true, Ordering::Relaxed);
                 debug!("no authentication within {deadline:?}: closing");
                 let _ = watchdog_socket.shutdown(Shutdown::Both);
             }
@@ -521,12 +524,32 @@ struct SessionHandler {
     authed: Option<oneshot::Sender<()>>,
     socket: Arc<std::net::TcpStream>,
     forwarded: Option<String>,
+    /// Why authentication last failed, counted once when an unauthenticated session ends.
+    rejected: Option<&'static str>,
+    /// Set by the watchdog when the authentication deadline passed.
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SessionHandler {
-    fn reject(&self, reason: &'static str, what: &str) {
-        self.broker.metrics.ssh_sessions.with_label_values(&[reason]).inc();
+    /// Remember why this connection failed to authenticate and log it (rate-limited).
+    fn reject(&mut self, reason: &'static str, what: &str) {
+        self.rejected = Some(reason);
         self.broker.log_auth_failure(self.peer, what);
+    }
+}
+
+impl Drop for SessionHandler {
+    /// A connection that never authenticated is counted once, by its last failure.
+    fn drop(&mut self) {
+        if self.signer.is_some() && self.authed.is_none() {
+            return;
+        }
+        let reason = if self.timed_out.load(Ordering::Relaxed) {
+            "rejected_auth_timeout"
+        } else {
+            self.rejected.unwrap_or("closed_before_auth")
+        };
+        self.broker.metrics.ssh_sessions.with_label_values(&[reason]).inc();
     }
 }
 
@@ -569,12 +592,21 @@ impl russh::server::Handler for SessionHandler {
 
     async fn auth_publickey_offered(
         &mut self,
-        _user: &str,
+        user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        // Tell the client at once that an unknown key will not do, before it signs anything.
+        // Tell the client at once that an unknown key will not do, before it signs anything
+        // (clients that ask first never reach `auth_publickey` with an unknown key).
         let known = key_bytes(offer.public_key).is_some_and(|b| self.broker.keys.contains_key(&b));
-        Ok(if known { Auth::Accept } else { Auth::reject() })
+        if known {
+            return Ok(Auth::Accept);
+        }
+        let fp = offer.public_key.fingerprint(HashAlg::Sha256);
+        self.reject(
+            "rejected_unknown_key",
+            &format!("unknown key {fp} (user {user:?}) refused"),
+        );
+        Ok(Auth::reject())
     }
 
     async fn auth_publickey(

@@ -1,0 +1,802 @@
+//! The embedded SSH server against stock OpenSSH: a Pi's `ssh -N -R` serves signatures;
+//! everything but the reverse forward is refused while the signers keep serving; a silently
+//! dead link is dropped within the keepalive bound while the TCP backup serves; a reconnect
+//! wins over the stale session at once; a cleanly closed tunnel fails over at once.
+//!
+//! Each test runs its own gateway in its own temp dir, with an in-process test signer `pi`
+//! behind the tunnel and another, `backup`, over TCP, both holding the same key.
+//!
+//! Needs the `signer-gateway` binary (`cargo build --workspace --bins` first) and OpenSSH's
+//! `ssh` and `ssh-keygen` (Debian: `openssh-client`); without them the tests fail saying so.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
+use gateway_e2e::harness::{attestation, eventually, Client, Gateway, READY_PREFIX, TEST_CHAIN};
+use gateway_e2e::ssh_client::{ssh_bin, ssh_keygen_bin, SshClient, SshKey, ALLOCATED};
+use gateway_e2e::test_signer::{seed, TestSigner, TestSignerHandle, TestSignerOptions};
+use http::{Method, StatusCode};
+use serde_json::Value;
+use signer_gateway::tezos::Pkh;
+use tempfile::TempDir;
+
+/// `request_timeout` in the config.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Server keepalive: interval × max in the config.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_MAX: u32 = 3;
+/// A silent link must be dropped by then: (max + 1) × interval after the last byte, plus
+/// scheduling slack on a loaded 2-core box.
+const KEEPALIVE_BOUND: Duration = Duration::from_secs(8);
+/// Time for ssh to connect and have its forward accepted, or to give up.
+const SSH_SETTLE: Duration = Duration::from_secs(10);
+/// Time for the pool to see a change (health interval 200 ms, rise 2).
+const HEALTH_SETTLE: Duration = Duration::from_secs(5);
+
+fn config(pi_key: &str, backup: SocketAddr) -> String {
+    format!(
+        r#"api: {{listen: 127.0.0.1:0}}
+admin: {{listen: 127.0.0.1:0}}
+watermark: {{backend: file, dir: "{{dir}}/watermarks", create_if_missing: true}}
+ssh:
+  listen: 127.0.0.1:0
+  host_key: "{{dir}}/ssh_host_ed25519_key"
+  keepalive_interval: {}ms
+  keepalive_max: {KEEPALIVE_MAX}
+  tcp_user_timeout: 5s
+  auth_timeout: 10s
+  channel_open_timeout: 1s
+signers:
+  - name: pi
+    tunnel: {{keys: ["{pi_key}"]}}
+  - name: backup
+    address: {backup}
+request_timeout: {}ms
+health_check: {{interval: 200ms, timeout: 300ms, rise: 2, fall: 1}}
+log_format: text
+"#,
+        KEEPALIVE_INTERVAL.as_millis(),
+        REQUEST_TIMEOUT.as_millis(),
+    )
+}
+
+/// Who signed a payload, going by the signers' `last_sign_hex`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Pi,
+    Backup,
+    Neither,
+}
+
+/// One sign through the gateway.
+#[derive(Debug)]
+struct Signed {
+    status: StatusCode,
+    body: Value,
+    took: Duration,
+    by: Served,
+}
+
+struct Rig {
+    // Fields drop in declaration order: the gateway goes before its dir.
+    gw: Gateway,
+    pi: TestSignerHandle,
+    backup: TestSignerHandle,
+    /// The key listed for `pi`.
+    key: SshKey,
+    /// The gateway's SSH listener and host key fingerprint, from its ready line.
+    ssh: SocketAddr,
+    host_key: String,
+    client: Client,
+    pkh: Pkh,
+    level: i32,
+    dir: TempDir,
+}
+
+impl Rig {
+    async fn start() -> anyhow::Result<Rig> {
+        // Fail with the install hint before anything else.
+        ssh_bin()?;
+        ssh_keygen_bin()?;
+        let dir = tempfile::Builder::new().prefix("gateway-tunnel-").tempdir()?;
+        let key = SshKey::generate(dir.path(), "pi_ed25519")?;
+        // Same seed: one baking key on both devices.
+        let options = TestSignerOptions {
+            seeds: vec![seed(11)],
+            ..TestSignerOptions::default()
+        };
+        let pi = TestSigner::spawn(options.clone()).await?;
+        let backup = TestSigner::spawn(options).await?;
+        let gw = Gateway::start_in(dir.path(), &config(&key.public, backup.addr())).await?;
+        let (ssh, host_key) = ssh_from_ready_line(&gw.stdout())?;
+        gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
+        let pkh = pi.pkhs()[0];
+        Ok(Rig {
+            gw,
+            pi,
+            backup,
+            key,
+            ssh,
+            host_key,
+            client: Client::new().with_timeout(Duration::from_secs(10)),
+            pkh,
+            level: 0,
+            dir,
+        })
+    }
+
+    /// `ssh -N -R 0:<pi signer> pi@<server>` with the listed key.
+    fn tunnel_via(&self, server: SocketAddr, extra: &[&str]) -> anyhow::Result<SshClient> {
+        SshClient::reverse_tunnel(&self.key, server, "pi", self.pi.addr(), extra)
+    }
+
+    /// A tunnel straight to the gateway, up and serving: returns the client and the peer the
+    /// gateway shows for it.
+    async fn tunnel_up(&self) -> anyhow::Result<(SshClient, String)> {
+        let mut ssh = self.tunnel_via(self.ssh, &[])?;
+        ssh.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
+        let peer = self.wait_tunnel_connected(None).await?;
+        Ok((ssh, peer))
+    }
+
+    /// Wait until `/status` shows pi's tunnel connected (from a peer other than `not_peer`)
+    /// and the pool has pi up; returns the peer.
+    async fn wait_tunnel_connected(&self, not_peer: Option<&str>) -> anyhow::Result<String> {
+        let peer = eventually(SSH_SETTLE, "pi's tunnel connected", || async {
+            let t = self.tunnel_status().await?;
+            anyhow::ensure!(t["connected"] == true, "not connected: {t}");
+            let peer = t["peer"].as_str().context("no peer")?.to_string();
+            anyhow::ensure!(Some(peer.as_str()) != not_peer, "still the old peer {peer}");
+            Ok(peer)
+        })
+        .await?;
+        self.gw.wait_signers_up(&["pi"], HEALTH_SETTLE).await?;
+        Ok(peer)
+    }
+
+    /// pi's entry in `/status` `ssh.tunnels`.
+    async fn tunnel_status(&self) -> anyhow::Result<Value> {
+        let status = self.gw.status().await?;
+        status["ssh"]["tunnels"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["signer"] == "pi"))
+            .cloned()
+            .with_context(|| format!("no ssh.tunnels entry for pi in /status: {status}"))
+    }
+
+    /// The value of one series in `/metrics` (0 when absent), e.g.
+    /// `metric("signer_gateway_ssh_sessions_total", "result", "accepted")`.
+    async fn metric(&self, name: &str, label: &str, value: &str) -> anyhow::Result<f64> {
+        let reply = self
+            .client
+            .raw(Method::GET, &self.gw.admin_url("/metrics"), "", &[])
+            .await?;
+        anyhow::ensure!(reply.status == StatusCode::OK, "GET /metrics: {}", reply.status);
+        let series = format!("{name}{{{label}=\"{value}\"}}");
+        for line in reply.text().lines() {
+            if let Some((s, v)) = line.rsplit_once(' ') {
+                if s == series {
+                    return v.parse().with_context(|| format!("value of {line:?}"));
+                }
+            }
+        }
+        Ok(0.0)
+    }
+
+    /// Sign a fresh attestation (next level) and tell who served it.
+    async fn sign(&mut self) -> anyhow::Result<Signed> {
+        self.level += 1;
+        let payload = attestation(TEST_CHAIN, self.level, 0, 1);
+        let started = Instant::now();
+        let (status, body) = self.client.sign(self.gw.api, "", self.pkh, &payload).await?;
+        let took = started.elapsed();
+        let want = Some(hex::encode(&payload));
+        let by = if self.pi.stats().last_sign_hex == want {
+            Served::Pi
+        } else if self.backup.stats().last_sign_hex == want {
+            Served::Backup
+        } else {
+            Served::Neither
+        };
+        Ok(Signed { status, body, took, by })
+    }
+
+    /// A sign answered 200 with a signature, by `by`.
+    async fn sign_ok_by(&mut self, by: Served) -> anyhow::Result<Signed> {
+        let s = self.sign().await?;
+        anyhow::ensure!(
+            s.status == StatusCode::OK && s.body["signature"].as_str().is_some_and(|sig| sig.starts_with("edsig")),
+            "sign: {} {}",
+            s.status,
+            s.body
+        );
+        anyhow::ensure!(s.by == by, "served by {:?}, expected {by:?}: {s:?}", s.by);
+        Ok(s)
+    }
+
+    /// After a refusal: the tunnel of `peer` is still the route (not replaced), pi serves
+    /// through it and the backup is still up.
+    async fn assert_still_serving(&mut self, peer: &str) -> anyhow::Result<()> {
+        let t = self.tunnel_status().await?;
+        anyhow::ensure!(
+            t["connected"] == true && t["peer"] == peer && t["replacements"] == 0,
+            "the refused session disturbed the tunnel: {t}"
+        );
+        self.sign_ok_by(Served::Pi).await?;
+        anyhow::ensure!(self.gw.signer_state("backup").await? == "up", "backup not up");
+        Ok(())
+    }
+
+    /// Panic with `result`'s error (the gateway's log tail is printed as the rig drops).
+    fn check(self, result: anyhow::Result<()>) {
+        if let Err(e) = result {
+            panic!("{e:#}\n(gateway dir {})", self.dir.path().display());
+        }
+    }
+}
+
+/// `ssh=<addr>` and `host_key=<fp>` from the gateway's ready line.
+fn ssh_from_ready_line(stdout: &[String]) -> anyhow::Result<(SocketAddr, String)> {
+    let line = stdout
+        .iter()
+        .find(|l| l.starts_with(READY_PREFIX))
+        .context("no ready line on the gateway's stdout")?;
+    let word = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .with_context(|| format!("no {key} in {line:?}"))
+    };
+    let ssh = word("ssh=")?
+        .parse()
+        .with_context(|| format!("ssh address in {line:?}"))?;
+    Ok((ssh, word("host_key=")?.to_string()))
+}
+
+/// Runs `body` on a fresh rig; on error, panics with the message (and the gateway log tail).
+macro_rules! rig_test {
+    ($(#[$meta:meta])* $name:ident, $body:ident) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let mut rig = Rig::start().await.expect("starting the rig");
+            let result = $body(&mut rig).await;
+            rig.check(result);
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interop
+
+rig_test!(
+    /// Stock `ssh -N -R` with a listed key: the tunnel shows in /status and metrics, and a
+    /// sign through the gateway is served by the signer behind it.
+    openssh_reverse_tunnel_serves_signatures,
+    openssh_reverse_tunnel_serves_signatures_body
+);
+
+async fn openssh_reverse_tunnel_serves_signatures_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let (_ssh, peer) = rig.tunnel_up().await?;
+    anyhow::ensure!(peer.starts_with("127.0.0.1:"), "peer {peer}");
+    let status = rig.gw.status().await?;
+    anyhow::ensure!(
+        status["ssh"]["host_key_fingerprint"] == rig.host_key.as_str() && rig.host_key.starts_with("SHA256:"),
+        "fingerprint in /status vs ready line {}: {}",
+        rig.host_key,
+        status["ssh"]
+    );
+    let t = rig.tunnel_status().await?;
+    anyhow::ensure!(t["connected_since"].is_string() && t["replacements"] == 0, "{t}");
+    anyhow::ensure!(rig.metric("signer_gateway_tunnel_connected", "signer", "pi").await? == 1.0);
+    anyhow::ensure!(
+        rig.metric("signer_gateway_ssh_sessions_total", "result", "accepted")
+            .await?
+            >= 1.0
+    );
+
+    let before = rig.pi.stats().signs;
+    rig.sign_ok_by(Served::Pi).await?;
+    anyhow::ensure!(rig.pi.stats().signs == before + 1, "pi's signer did not count the sign");
+    anyhow::ensure!(rig.backup.stats().signs == 0, "the backup signed too");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: each with pi's tunnel up and the backup serving; afterwards the tunnel must be
+// the same session, still serving.
+
+/// Run `ssh` (with `key`, or the listed one) expecting it to fail: returns its stderr.
+async fn ssh_must_fail(rig: &Rig, key: Option<&SshKey>, extra: &[&str]) -> anyhow::Result<String> {
+    let mut ssh = SshClient::spawn(key.unwrap_or(&rig.key), rig.ssh, "pi", extra)?;
+    let status = ssh.wait_exit(SSH_SETTLE).await?;
+    let stderr = ssh.stderr();
+    anyhow::ensure!(
+        !status.success(),
+        "`{}` succeeded; stdout: {:?}, stderr: {stderr}",
+        ssh.command(),
+        ssh.stdout()
+    );
+    anyhow::ensure!(
+        !ssh.stdout().contains("hi"),
+        "the remote command ran: {:?}",
+        ssh.stdout()
+    );
+    Ok(stderr)
+}
+
+/// A session channel request (exec, shell, subsystem, agent) is refused: "open failed …
+/// administratively prohibited", and counted.
+async fn session_refused(rig: &mut Rig, extra: &[&str]) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.tunnel_up().await?;
+    let before = rig
+        .metric("signer_gateway_ssh_refused_requests_total", "kind", "session")
+        .await?;
+    let stderr = ssh_must_fail(rig, None, extra).await?;
+    anyhow::ensure!(
+        stderr.contains("open failed") && stderr.contains("prohibited"),
+        "ssh did not report a refused channel: {stderr}"
+    );
+    let after = rig
+        .metric("signer_gateway_ssh_refused_requests_total", "kind", "session")
+        .await?;
+    anyhow::ensure!(after > before, "refused_requests{{kind=session}} {before} -> {after}");
+    rig.assert_still_serving(&peer).await
+}
+
+rig_test!(
+    /// A key nobody listed: ssh fails with "Permission denied (publickey)", the rejection is
+    /// counted, and the tunnel of the real key is untouched.
+    unknown_key_is_rejected,
+    unknown_key_is_rejected_body
+);
+
+async fn unknown_key_is_rejected_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.tunnel_up().await?;
+    let stranger = SshKey::generate(rig.dir.path(), "stranger_ed25519")?;
+    let metric = ("signer_gateway_ssh_sessions_total", "result", "rejected_unknown_key");
+    let before = rig.metric(metric.0, metric.1, metric.2).await?;
+    let forward = format!("0:127.0.0.1:{}", rig.backup.addr().port());
+    let stderr = ssh_must_fail(rig, Some(&stranger), &["-N", "-R", &forward]).await?;
+    anyhow::ensure!(stderr.contains("Permission denied (publickey)"), "{stderr}");
+    // Counted once the connection is over at the latest.
+    eventually(Duration::from_secs(2), "rejected_unknown_key counted", || async {
+        let after = rig.metric(metric.0, metric.1, metric.2).await?;
+        anyhow::ensure!(
+            after > before,
+            "ssh_sessions_total{{result=rejected_unknown_key}} {before} -> {after}"
+        );
+        Ok(())
+    })
+    .await?;
+    rig.assert_still_serving(&peer).await
+}
+
+rig_test!(
+    /// Password authentication: the server offers only `publickey`, so a client limited to
+    /// passwords gets "Permission denied (publickey)".
+    password_auth_is_refused,
+    password_auth_is_refused_body
+);
+
+async fn password_auth_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.tunnel_up().await?;
+    let stderr = ssh_must_fail(
+        rig,
+        None,
+        &[
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-N",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(stderr.contains("Permission denied (publickey)"), "{stderr}");
+    rig.assert_still_serving(&peer).await
+}
+
+rig_test!(
+    /// `ssh pi@gateway echo hi` with the listed key: no exec.
+    exec_is_refused,
+    exec_is_refused_body
+);
+
+async fn exec_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+    session_refused(rig, &["--", "echo", "hi"]).await
+}
+
+rig_test!(
+    /// `ssh -tt pi@gateway`: no shell, no pty.
+    shell_with_pty_is_refused,
+    shell_with_pty_is_refused_body
+);
+
+async fn shell_with_pty_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+    session_refused(rig, &["-tt"]).await
+}
+
+rig_test!(
+    /// `ssh -s pi@gateway sftp`: no subsystem.
+    subsystem_is_refused,
+    subsystem_is_refused_body
+);
+
+async fn subsystem_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+    session_refused(rig, &["-s", "--", "sftp"]).await
+}
+
+rig_test!(
+    /// `ssh -A pi@gateway echo hi`: agent forwarding rides on a session channel, refused
+    /// before any agent request.
+    agent_forwarding_is_refused,
+    agent_forwarding_is_refused_body
+);
+
+async fn agent_forwarding_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+    session_refused(rig, &["-A", "-o", "ForwardAgent=yes", "--", "echo", "hi"]).await
+}
+
+rig_test!(
+    /// `ssh -N -L <local>:<backup signer>`: a connection to the local port is closed without
+    /// a byte from the target, ssh reports "open failed", the refusal is counted.
+    direct_tcpip_is_refused,
+    direct_tcpip_is_refused_body
+);
+
+async fn direct_tcpip_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let (_tunnel, peer) = rig.tunnel_up().await?;
+    let metric = ("signer_gateway_ssh_refused_requests_total", "kind", "direct_tcpip");
+    let before = rig.metric(metric.0, metric.1, metric.2).await?;
+    // A real service as the target, so a leak would show as an HTTP answer.
+    let target = rig.backup.addr();
+    let local = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    let forward = format!("{local}:{target}");
+    let mut ssh = SshClient::spawn(
+        &rig.key,
+        rig.ssh,
+        "pi",
+        &["-N", "-L", &forward, "-o", "ExitOnForwardFailure=yes"],
+    )?;
+    let listening_by = Instant::now() + SSH_SETTLE;
+    let mut conn = loop {
+        if let Some(status) = ssh.try_status()? {
+            anyhow::bail!("ssh -L exited ({status}): {}", ssh.stderr());
+        }
+        match tokio::net::TcpStream::connect(local).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > listening_by => {
+                anyhow::bail!("ssh's local forward not listening on {local}: {e}; {}", ssh.stderr())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    };
+    conn.write_all(b"GET /authorized_keys HTTP/1.0\r\n\r\n").await?;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got))
+        .await
+        .context("the forwarded connection stayed open")?;
+    // EOF or a reset: either way nothing from the target.
+    anyhow::ensure!(
+        got.is_empty(),
+        "bytes came through a refused forward ({read:?}): {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    ssh.wait_stderr("open failed", Duration::from_secs(5)).await?;
+    anyhow::ensure!(ssh.stderr().contains("prohibited"), "{}", ssh.stderr());
+    let after = rig.metric(metric.0, metric.1, metric.2).await?;
+    anyhow::ensure!(
+        after > before,
+        "refused_requests{{kind=direct_tcpip}} {before} -> {after}"
+    );
+    rig.assert_still_serving(&peer).await
+}
+
+rig_test!(
+    /// `ssh -N -R <path>:<signer>` (a Unix-socket forward): refused, counted, the TCP tunnel
+    /// of the same key untouched.
+    streamlocal_forward_is_refused,
+    streamlocal_forward_is_refused_body
+);
+
+async fn streamlocal_forward_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.tunnel_up().await?;
+    let metric = ("signer_gateway_ssh_refused_requests_total", "kind", "streamlocal");
+    let before = rig.metric(metric.0, metric.1, metric.2).await?;
+    let forward = format!("{}:{}", rig.dir.path().join("fwd.sock").display(), rig.pi.addr());
+    let stderr = ssh_must_fail(rig, None, &["-N", "-R", &forward, "-o", "ExitOnForwardFailure=yes"]).await?;
+    anyhow::ensure!(stderr.contains("forwarding failed"), "{stderr}");
+    let after = rig.metric(metric.0, metric.1, metric.2).await?;
+    anyhow::ensure!(
+        after > before,
+        "refused_requests{{kind=streamlocal}} {before} -> {after}"
+    );
+    rig.assert_still_serving(&peer).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link faults
+
+rig_test!(
+    /// The tunnel's link goes silently dead (fault proxy in blackhole): one request every
+    /// 100 ms keeps getting 200 (the backup takes over), and the gateway drops the session
+    /// within the keepalive bound.
+    blackholed_tunnel_is_dropped_within_keepalive_bound,
+    blackholed_tunnel_is_dropped_within_keepalive_bound_body
+);
+
+async fn blackholed_tunnel_is_dropped_within_keepalive_bound_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let proxy = FaultProxy::start(rig.ssh).await?;
+    // The client must not give up first (that would close the link, not time it out).
+    let mut ssh = rig.tunnel_via(
+        proxy.addr(),
+        &["-o", "ServerAliveInterval=60", "-o", "ServerAliveCountMax=10"],
+    )?;
+    ssh.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
+    rig.wait_tunnel_connected(None).await?;
+    rig.sign_ok_by(Served::Pi).await?;
+
+    proxy.set_mode(ProxyMode::Blackhole);
+    let blackholed = Instant::now();
+    let stop = AtomicBool::new(false);
+    // Disjoint borrows: the watcher reads /status while the requests bump the level.
+    let (gw, client, pkh, level) = (&rig.gw, &rig.client, rig.pkh, &mut rig.level);
+    let signers = (&rig.pi, &rig.backup);
+
+    // Watch /status for the drop, concurrently with the requests.
+    let watch = async {
+        let r = eventually(KEEPALIVE_BOUND, "tunnel dropped after the blackhole", || async {
+            let status = gw.status().await?;
+            let t = &status["ssh"]["tunnels"][0];
+            anyhow::ensure!(t["connected"] == false, "still connected: {t}");
+            Ok(blackholed.elapsed())
+        })
+        .await;
+        // Keep the requests going a little after the drop (or the failure).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::SeqCst);
+        r
+    };
+    let requests = async {
+        let mut results = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !stop.load(Ordering::SeqCst) {
+            tick.tick().await;
+            results.push((blackholed.elapsed(), rig_sign(client, gw, signers, pkh, level).await));
+        }
+        results
+    };
+    let (dropped_after, results) = tokio::join!(watch, requests);
+    let dropped_after = dropped_after?;
+
+    let mut failures = Vec::new();
+    let mut slow = Vec::new();
+    let (mut by_pi, mut by_backup, mut slowest) = (0, 0, Duration::ZERO);
+    for (at, r) in &results {
+        match r {
+            Ok(s) if s.status == StatusCode::OK && s.by != Served::Neither => {
+                // At worst one attempt on the dead link (request_timeout), then the backup.
+                if s.took > REQUEST_TIMEOUT + Duration::from_millis(700) {
+                    slow.push(format!("at {at:?}: took {:?}", s.took));
+                }
+                slowest = slowest.max(s.took);
+                match s.by {
+                    Served::Pi => by_pi += 1,
+                    _ => by_backup += 1,
+                }
+                // Nothing crosses the dead link: every request (all sent after the blackhole)
+                // must have been served by the backup.
+                if s.by != Served::Backup {
+                    failures.push(format!("at {at:?}: served by {:?} through a dead link", s.by));
+                }
+            }
+            Ok(s) => failures.push(format!("at {at:?}: {} {} (by {:?})", s.status, s.body, s.by)),
+            Err(e) => failures.push(format!("at {at:?}: {e:#}")),
+        }
+    }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of {} requests failed during the blackhole: {failures:?}",
+        failures.len(),
+        results.len()
+    );
+    anyhow::ensure!(slow.is_empty(), "requests slower than one failover: {slow:?}");
+    anyhow::ensure!(
+        results.len() >= 20,
+        "only {} requests in {dropped_after:?}",
+        results.len()
+    );
+    // (max + 1) × interval after the last byte, which came at most one interval before.
+    let floor = KEEPALIVE_INTERVAL * KEEPALIVE_MAX;
+    anyhow::ensure!(
+        dropped_after >= floor,
+        "dropped after {dropped_after:?}: sooner than keepalives allow"
+    );
+    let t = rig.tunnel_status().await?;
+    anyhow::ensure!(
+        t["last_disconnect"]
+            .as_str()
+            .is_some_and(|d| d.contains("keepalive timeout")),
+        "last_disconnect should name the keepalive timeout: {t}"
+    );
+    anyhow::ensure!(
+        rig.metric("signer_gateway_tunnel_keepalive_timeouts_total", "signer", "pi")
+            .await?
+            == 1.0,
+        "keepalive timeout not counted"
+    );
+    anyhow::ensure!(rig.metric("signer_gateway_tunnel_connected", "signer", "pi").await? == 0.0);
+    anyhow::ensure!(rig.gw.signer_state("pi").await? == "down", "pi not down");
+    rig.sign_ok_by(Served::Backup).await?;
+    eprintln!(
+        "blackhole: tunnel dropped {dropped_after:?} after it; {} requests, all 200 \
+         ({by_pi} by pi, {by_backup} by the backup, slowest {slowest:?})",
+        results.len()
+    );
+    ssh.kill().await;
+    Ok(())
+}
+
+/// [`Rig::sign`] on borrowed parts (the blackhole test watches /status concurrently).
+async fn rig_sign(
+    client: &Client,
+    gw: &Gateway,
+    (pi, backup): (&TestSignerHandle, &TestSignerHandle),
+    pkh: Pkh,
+    level: &mut i32,
+) -> anyhow::Result<Signed> {
+    *level += 1;
+    let payload = attestation(TEST_CHAIN, *level, 0, 1);
+    let started = Instant::now();
+    let (status, body) = client.sign(gw.api, "", pkh, &payload).await?;
+    let took = started.elapsed();
+    let want = Some(hex::encode(&payload));
+    let by = if pi.stats().last_sign_hex == want {
+        Served::Pi
+    } else if backup.stats().last_sign_hex == want {
+        Served::Backup
+    } else {
+        Served::Neither
+    };
+    Ok(Signed { status, body, took, by })
+}
+
+rig_test!(
+    /// The Pi reconnects (directly) while its old session, behind a blackholed link, is still
+    /// registered: within 1 s of the new forward being accepted the gateway routes to the new
+    /// session, without waiting for the keepalive timeout; the old session is closed by the
+    /// gateway, and its end does not take the new route down.
+    reconnect_replaces_stale_session_at_once,
+    reconnect_replaces_stale_session_at_once_body
+);
+
+async fn reconnect_replaces_stale_session_at_once_body(rig: &mut Rig) -> anyhow::Result<()> {
+    // Through the proxy from 127.0.0.2, so the two sessions' peers differ by address.
+    let proxy = FaultProxy::start_with(ProxyOptions {
+        source_ip: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+        ..ProxyOptions::new(rig.ssh)
+    })
+    .await?;
+    let mut old = rig.tunnel_via(
+        proxy.addr(),
+        &["-o", "ServerAliveInterval=60", "-o", "ServerAliveCountMax=10"],
+    )?;
+    old.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
+    let old_peer = rig.wait_tunnel_connected(None).await?;
+    anyhow::ensure!(old_peer.starts_with("127.0.0.2:"), "old peer {old_peer}");
+    rig.sign_ok_by(Served::Pi).await?;
+
+    proxy.set_mode(ProxyMode::Blackhole);
+    let blackholed = Instant::now();
+    let mut new = rig.tunnel_via(rig.ssh, &[])?;
+    let accepted = new.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
+
+    // Served by pi (so through the new session: the old one is blackholed) within 1 s.
+    let pi_before = rig.pi.stats().signs;
+    let deadline = accepted + Duration::from_secs(1);
+    let served_at = loop {
+        let s = rig.sign().await?;
+        anyhow::ensure!(
+            s.status == StatusCode::OK,
+            "sign during the reconnect: {} {}",
+            s.status,
+            s.body
+        );
+        if s.by == Served::Pi {
+            break Instant::now();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pi did not serve within 1 s of the new forward; last sign by {:?}",
+            s.by
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    anyhow::ensure!(rig.pi.stats().signs > pi_before);
+    let t = rig.tunnel_status().await?;
+    let new_peer = t["peer"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(
+        t["connected"] == true && new_peer.starts_with("127.0.0.1:") && t["replacements"] == 1,
+        "/status after the reconnect (old peer {old_peer}): {t}"
+    );
+    anyhow::ensure!(t["last_replacement"].is_string(), "{t}");
+    anyhow::ensure!(
+        rig.metric("signer_gateway_tunnel_replacements_total", "signer", "pi")
+            .await?
+            == 1.0,
+        "replacement not counted"
+    );
+    let since_accept = served_at.saturating_duration_since(accepted);
+    let since_blackhole = served_at - blackholed;
+    anyhow::ensure!(
+        since_blackhole < KEEPALIVE_INTERVAL * (KEEPALIVE_MAX + 1),
+        "took {since_blackhole:?} from the blackhole: as if waiting for the keepalive timeout"
+    );
+
+    // The gateway closed the old session (disconnect, then socket shutdown after ~1 s): once
+    // the link heals, the old client reads that and exits; its end leaves the new route be.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(accepted.elapsed())).await;
+    proxy.set_mode(ProxyMode::Pass);
+    let status = old.wait_exit(Duration::from_secs(5)).await?;
+    anyhow::ensure!(
+        !status.success() && old.stderr().contains("replaced by a newer session"),
+        "old client exited {status} without the gateway's disconnect: {}",
+        old.stderr()
+    );
+    let t = rig.tunnel_status().await?;
+    anyhow::ensure!(
+        t["connected"] == true && t["peer"] == new_peer.as_str() && t["replacements"] == 1,
+        "the old session's end disturbed the new route: {t}"
+    );
+    anyhow::ensure!(
+        rig.metric("signer_gateway_tunnel_keepalive_timeouts_total", "signer", "pi")
+            .await?
+            == 0.0,
+        "a keepalive timeout was counted"
+    );
+    rig.sign_ok_by(Served::Pi).await?;
+    eprintln!(
+        "reconnect: pi served {since_accept:?} after the new forward was accepted \
+         ({since_blackhole:?} after the blackhole)"
+    );
+    Ok(())
+}
+
+rig_test!(
+    /// The Pi's ssh exits cleanly (SIGTERM): the very next request goes to the backup, fast,
+    /// and /status shows the tunnel gone.
+    closed_tunnel_fails_over_at_once,
+    closed_tunnel_fails_over_at_once_body
+);
+
+async fn closed_tunnel_fails_over_at_once_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let (mut ssh, _peer) = rig.tunnel_up().await?;
+    // Warm: the pool holds an open channel through the tunnel.
+    rig.sign_ok_by(Served::Pi).await?;
+    ssh.terminate(Duration::from_secs(5)).await?;
+    let s = rig.sign_ok_by(Served::Backup).await?;
+    anyhow::ensure!(
+        s.took < Duration::from_millis(500),
+        "first request after the tunnel closed took {:?}",
+        s.took
+    );
+    eventually(Duration::from_secs(2), "tunnel shown closed", || async {
+        let t = rig.tunnel_status().await?;
+        anyhow::ensure!(t["connected"] == false && t["last_disconnect"].is_string(), "{t}");
+        Ok(())
+    })
+    .await?;
+    anyhow::ensure!(rig.gw.signer_state("pi").await? == "down", "pi not down");
+    anyhow::ensure!(rig.metric("signer_gateway_tunnel_connected", "signer", "pi").await? == 0.0);
+    eprintln!("clean close: first request after it took {:?}", s.took);
+    Ok(())
+}
