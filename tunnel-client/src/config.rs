@@ -522,9 +522,15 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/signer-tunnel.yaml"))
-            .unwrap()
-            .replace("SHA256:REPLACE_WITH_THE_GATEWAY_FINGERPRINT", "SHA256:Kwu6ZfMSPMaaXmY+vMHYeSb37lRVBsLMTWXTz+6dzBE");
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/signer-tunnel.yaml"
+        ))
+        .unwrap()
+        .replace(
+            "SHA256:REPLACE_WITH_THE_GATEWAY_FINGERPRINT",
+            "SHA256:Kwu6ZfMSPMaaXmY+vMHYeSb37lRVBsLMTWXTz+6dzBE",
+        );
         let s = Config::parse(&text).unwrap();
         assert_eq!(s.uplinks.len(), 2);
         assert_eq!(s.uplinks[1].name, "lte");
