@@ -97,7 +97,7 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }

@@ -65,7 +65,7 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match format {
-        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
     }
 }
