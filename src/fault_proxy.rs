@@ -12,6 +12,12 @@
 //!   connect, or the first read after it, fails with `ECONNRESET` rather than the connect
 //!   being refused: the listener stays bound so the port cannot be taken meanwhile.)
 //!
+//! The mode can also be set per client source IP ([`FaultProxy::set_mode_for_source`]): one
+//! proxy in front of a server, clients binding different loopback addresses (127.0.0.2,
+//! 127.0.0.3, …), and each address is a "link" that can fail on its own, as a Pi's uplinks
+//! do. With [`ProxyOptions::keep_client_ip`] the proxy connects to the target from the
+//! client's own address, so the target sees which link a connection came over.
+//!
 //! Dropping the [`FaultProxy`] stops it and closes every connection.
 //!
 //! ```no_run
@@ -23,10 +29,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
@@ -67,6 +74,10 @@ pub struct ProxyOptions {
     /// Source IP of the connections to the target (default: chosen by the kernel). Set it
     /// to tell, on the target's side, connections through this proxy from direct ones.
     pub source_ip: Option<IpAddr>,
+    /// Connect to the target from the client's own IP (port chosen by the kernel), so the
+    /// target sees the client's address as if there were no proxy. Works for any
+    /// 127.0.0.0/8 client on Linux; not together with `source_ip`.
+    pub keep_client_ip: bool,
     /// Initial mode.
     pub mode: ProxyMode,
 }
@@ -78,8 +89,57 @@ impl ProxyOptions {
             target,
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             source_ip: None,
+            keep_client_ip: false,
             mode: ProxyMode::Pass,
         }
+    }
+}
+
+/// The default mode and the per-source overrides. Connection tasks watch the whole table:
+/// any change wakes them, and each re-reads the mode for its own source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Modes {
+    default: ProxyMode,
+    by_source: HashMap<IpAddr, ProxyMode>,
+}
+
+impl Modes {
+    fn for_source(&self, ip: IpAddr) -> ProxyMode {
+        self.by_source.get(&ip).copied().unwrap_or(self.default)
+    }
+}
+
+/// One connection's view of the modes: the table and the client's source IP.
+#[derive(Clone)]
+struct Link {
+    modes: watch::Receiver<Modes>,
+    source: IpAddr,
+}
+
+impl Link {
+    /// The mode for this connection now (marks the table seen).
+    fn now(&mut self) -> ProxyMode {
+        self.modes.borrow_and_update().for_source(self.source)
+    }
+
+    /// Wait until this connection's mode is `Pass` (true) or `Reset` / the proxy is gone
+    /// (false).
+    async fn wait_pass(&mut self) -> bool {
+        let source = self.source;
+        match self
+            .modes
+            .wait_for(|m| m.for_source(source) != ProxyMode::Blackhole)
+            .await
+        {
+            Ok(m) => m.for_source(source) == ProxyMode::Pass,
+            Err(_) => false,
+        }
+    }
+
+    /// Resolves when this connection's mode becomes `Reset` or the proxy is dropped.
+    async fn reset_or_gone(&self) {
+        let (mut modes, source) = (self.modes.clone(), self.source);
+        let _ = modes.wait_for(|m| m.for_source(source) == ProxyMode::Reset).await;
     }
 }
 
@@ -89,6 +149,8 @@ struct Counters {
     accepted: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    // Written once per accepted connection, read by tests: a plain mutex is enough.
+    accepted_from: Mutex<HashMap<IpAddr, u64>>,
 }
 
 /// Decrements the open-connection count when a connection task ends, however it ends.
@@ -106,7 +168,7 @@ pub struct FaultProxy {
     target: SocketAddr,
     // Connection tasks watch this: a mode change reaches them at once, and dropping the
     // sender (with the proxy) ends them.
-    mode: watch::Sender<ProxyMode>,
+    modes: watch::Sender<Modes>,
     counters: Arc<Counters>,
     accept: JoinHandle<()>,
 }
@@ -127,16 +189,26 @@ impl FaultProxy {
     }
 
     /// A proxy with these options. Must be called within a tokio runtime, which runs it.
+    /// Fails with `InvalidInput` when both `source_ip` and `keep_client_ip` are set.
     pub async fn start_with(options: ProxyOptions) -> std::io::Result<FaultProxy> {
+        if options.keep_client_ip && options.source_ip.is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "fault proxy: set either source_ip or keep_client_ip, not both",
+            ));
+        }
         let listener = TcpListener::bind(SocketAddr::new(options.listen_ip, 0)).await?;
         let addr = listener.local_addr()?;
-        let (mode, mode_rx) = watch::channel(options.mode);
+        let (modes, modes_rx) = watch::channel(Modes {
+            default: options.mode,
+            by_source: HashMap::new(),
+        });
         let counters = Arc::new(Counters::default());
-        let accept = tokio::spawn(accept_loop(listener, options, mode_rx, Arc::clone(&counters)));
+        let accept = tokio::spawn(accept_loop(listener, options, modes_rx, Arc::clone(&counters)));
         Ok(FaultProxy {
             addr,
             target: options.target,
-            mode,
+            modes,
             counters,
             accept,
         })
@@ -152,14 +224,37 @@ impl FaultProxy {
         self.target
     }
 
-    /// Switch the mode; applies at once to current and new connections.
+    /// Switch the mode; applies at once to current and new connections, except those from
+    /// a source with its own mode ([`FaultProxy::set_mode_for_source`]).
     pub fn set_mode(&self, mode: ProxyMode) {
-        self.mode.send_replace(mode);
+        self.modes.send_modify(|m| m.default = mode);
     }
 
-    /// Current mode.
+    /// Current mode (for sources without their own).
     pub fn mode(&self) -> ProxyMode {
-        *self.mode.borrow()
+        self.modes.borrow().default
+    }
+
+    /// Switch the mode of connections whose client address is `source`, current and new;
+    /// it overrides [`FaultProxy::set_mode`] until [`FaultProxy::clear_mode_for_source`].
+    /// (The source is the client's IP as the proxy sees it: the address a client bound, e.g.
+    /// a tunnel client's uplink `source: 127.0.0.2`.)
+    pub fn set_mode_for_source(&self, source: IpAddr, mode: ProxyMode) {
+        self.modes.send_modify(|m| {
+            m.by_source.insert(source, mode);
+        });
+    }
+
+    /// Let connections from `source` follow [`FaultProxy::set_mode`] again.
+    pub fn clear_mode_for_source(&self, source: IpAddr) {
+        self.modes.send_modify(|m| {
+            m.by_source.remove(&source);
+        });
+    }
+
+    /// The mode that applies to connections from `source`.
+    pub fn mode_for_source(&self, source: IpAddr) -> ProxyMode {
+        self.modes.borrow().for_source(source)
     }
 
     /// Connections open right now (accepted and not yet closed).
@@ -170,6 +265,12 @@ impl FaultProxy {
     /// Connections accepted since start.
     pub fn accepted(&self) -> u64 {
         self.counters.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since start from client IP `source`.
+    pub fn accepted_from(&self, source: IpAddr) -> u64 {
+        let counts = self.counters.accepted_from.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&source).copied().unwrap_or(0)
     }
 
     /// Bytes forwarded (client → target, target → client) since start.
@@ -183,7 +284,7 @@ impl FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        // Connection tasks end when the mode sender (a field) is dropped right after this.
+        // Connection tasks end when the modes sender (a field) is dropped right after this.
         self.accept.abort();
     }
 }
@@ -194,6 +295,7 @@ impl fmt::Debug for FaultProxy {
             .field("addr", &self.addr)
             .field("target", &self.target)
             .field("mode", &self.mode())
+            .field("by_source", &self.modes.borrow().by_source)
             .field("connections", &self.connections())
             .finish()
     }
@@ -202,12 +304,12 @@ impl fmt::Debug for FaultProxy {
 async fn accept_loop(
     listener: TcpListener,
     options: ProxyOptions,
-    mode: watch::Receiver<ProxyMode>,
+    modes: watch::Receiver<Modes>,
     counters: Arc<Counters>,
 ) {
     loop {
-        let client = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "fault proxy: accept failed");
@@ -216,14 +318,24 @@ async fn accept_loop(
             }
         };
         counters.accepted.fetch_add(1, Ordering::SeqCst);
-        if *mode.borrow() == ProxyMode::Reset {
+        *counters
+            .accepted_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.ip())
+            .or_default() += 1;
+        let link = Link {
+            modes: modes.clone(),
+            source: peer.ip(),
+        };
+        if modes.borrow().for_source(link.source) == ProxyMode::Reset {
             reset(client);
             continue;
         }
         let _ = client.set_nodelay(true);
         counters.open.fetch_add(1, Ordering::SeqCst);
         let guard = OpenGuard(Arc::clone(&counters));
-        tokio::spawn(connection(client, options, mode.clone(), Arc::clone(&counters), guard));
+        tokio::spawn(connection(client, options, link, Arc::clone(&counters), guard));
     }
 }
 
@@ -237,25 +349,17 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// Wait until the mode is `Pass` (true) or `Reset` / the proxy is gone (false).
-async fn wait_pass(mode: &mut watch::Receiver<ProxyMode>) -> bool {
-    match mode.wait_for(|m| *m != ProxyMode::Blackhole).await {
-        Ok(m) => *m == ProxyMode::Pass,
-        Err(_) => false,
-    }
-}
-
-/// Resolves when the mode becomes `Reset` or the proxy is dropped.
-async fn reset_or_gone(mut mode: watch::Receiver<ProxyMode>) {
-    let _ = mode.wait_for(|m| *m == ProxyMode::Reset).await;
-}
-
-async fn connect_target(options: &ProxyOptions) -> std::io::Result<TcpStream> {
+async fn connect_target(options: &ProxyOptions, client_ip: IpAddr) -> std::io::Result<TcpStream> {
     let socket = match options.target {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(ip) = options.source_ip {
+    let source = if options.keep_client_ip {
+        Some(client_ip)
+    } else {
+        options.source_ip
+    };
+    if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(options.target).await?;
@@ -266,17 +370,17 @@ async fn connect_target(options: &ProxyOptions) -> std::io::Result<TcpStream> {
 async fn connection(
     client: TcpStream,
     options: ProxyOptions,
-    mut mode: watch::Receiver<ProxyMode>,
+    mut link: Link,
     counters: Arc<Counters>,
     _open: OpenGuard,
 ) {
     // A connection accepted during a blackhole is held open until the link "heals".
-    if !wait_pass(&mut mode).await {
+    if !link.wait_pass().await {
         return reset(client);
     }
     let upstream = tokio::select! {
-        c = connect_target(&options) => c,
-        _ = reset_or_gone(mode.clone()) => return reset(client),
+        c = connect_target(&options, link.source) => c,
+        _ = link.reset_or_gone() => return reset(client),
     };
     let upstream = match upstream {
         Ok(s) => s,
@@ -287,7 +391,7 @@ async fn connection(
         }
     };
     let (mut client, mut upstream) = (client, upstream);
-    match pump(&mut client, &mut upstream, &mut mode, &counters).await {
+    match pump(&mut client, &mut upstream, &mut link, &counters).await {
         End::Reset => {
             reset(client);
             reset(upstream);
@@ -303,12 +407,7 @@ enum End {
 }
 
 /// Move bytes both ways while the mode allows, honouring half-closes.
-async fn pump(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    mode: &mut watch::Receiver<ProxyMode>,
-    c: &Counters,
-) -> End {
+async fn pump(client: &mut TcpStream, upstream: &mut TcpStream, link: &mut Link, c: &Counters) -> End {
     let (mut c_read, mut c_write) = client.split();
     let (mut u_read, mut u_write) = upstream.split();
     let mut up_buf = vec![0u8; 16 * 1024];
@@ -318,12 +417,11 @@ async fn pump(
         if client_eof && upstream_eof {
             return End::Closed;
         }
-        let now = *mode.borrow_and_update();
-        match now {
+        match link.now() {
             ProxyMode::Pass => {}
             ProxyMode::Reset => return End::Reset,
             ProxyMode::Blackhole => {
-                if !wait_pass(mode).await {
+                if !link.wait_pass().await {
                     return End::Reset;
                 }
                 continue;
@@ -339,7 +437,8 @@ async fn pump(
                 Ok(n) => (n, false),
                 Err(_) => return End::Closed,
             },
-            changed = mode.changed() => {
+            // Any change (another source's included) makes the loop re-read this link's mode.
+            changed = link.modes.changed() => {
                 if changed.is_err() {
                     return End::Reset;
                 }
@@ -361,7 +460,7 @@ async fn pump(
         // "on the wire"); only a reset interrupts a blocked write.
         let written = tokio::select! {
             w = dst.write_all(buf) => w,
-            _ = reset_or_gone(mode.clone()) => return End::Reset,
+            _ = link.reset_or_gone() => return End::Reset,
         };
         if written.is_err() {
             return End::Closed;

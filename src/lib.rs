@@ -12,3 +12,4 @@ pub mod fault_proxy;
 pub mod harness;
 pub mod ssh_client;
 pub mod test_signer;
+pub mod tunnel_harness;

@@ -42,9 +42,14 @@ struct Cli {
 enum Command {
     /// Keep the tunnel up (the default).
     Run,
-    /// Connect once, report each step, exit 0 when the forward is accepted and the local
-    /// signer answers, 1 otherwise.
-    Check,
+    /// Connect once over every uplink, report each step, exit 0 when every step passed and
+    /// the local signer answers, 1 otherwise.
+    Check {
+        /// Also request the remote forward. On a Pi whose service is running this takes the
+        /// route over from the live session for a moment (the gateway's newest session wins).
+        #[arg(long)]
+        forward: bool,
+    },
     /// Write a new ed25519 identity and print the line to list in the gateway config.
     Keygen {
         /// Where to write the private key (`.pub` is written beside it).
@@ -117,7 +122,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => runtime.block_on(check(settings, key)),
+        Command::Check { forward } => runtime.block_on(check(settings, key, forward)),
         _ => {
             info!(identity = %keys::fingerprint(&key), gateways = ?settings.config.gateways, "signer-tunnel starting");
             let shutdown = CancellationToken::new();
@@ -153,7 +158,11 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 /// Connect once through the first uplink and gateway, printing each step.
-async fn check(settings: signer_tunnel::config::Settings, key: Arc<russh::keys::PrivateKey>) -> ExitCode {
+async fn check(
+    settings: signer_tunnel::config::Settings,
+    key: Arc<russh::keys::PrivateKey>,
+    forward: bool,
+) -> ExitCode {
     let cfg = &settings.config;
     println!("identity {} ({})", cfg.identity.display(), keys::fingerprint(&key));
     let local = probe::probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout).await;
@@ -161,12 +170,19 @@ async fn check(settings: signer_tunnel::config::Settings, key: Arc<russh::keys::
         Ok(()) => println!("ok   local signer {} answers GET {}", cfg.signer, cfg.health_check.path),
         Err(e) => println!("FAIL local signer {} GET {}: {e}", cfg.signer, cfg.health_check.path),
     }
+    if forward {
+        println!("note: --forward takes the route over from a running signer-tunnel for a moment");
+    } else {
+        println!(
+            "note: the remote forward is not requested (it would disturb a running tunnel); add --forward to test it"
+        );
+    }
     let mut ok = local.is_ok();
     for (u, uplink) in settings.uplinks.iter().enumerate() {
         for gw in &cfg.gateways {
             println!("--   gateway {gw} via uplink {}", uplink.name);
             let mut step = |s: String| println!("ok   {s}");
-            match Session::connect(&settings, Arc::clone(&key), gw, u, true, &mut step).await {
+            match Session::connect(&settings, Arc::clone(&key), gw, u, forward, &mut step).await {
                 Ok(session) => session.close("check done").await,
                 Err(e) => {
                     println!("FAIL {e}");

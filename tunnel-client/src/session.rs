@@ -3,7 +3,7 @@
 //! connecting it to the local signer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,8 +65,42 @@ struct ClientHandler {
     pin: Arc<HostKeyPin>,
     mismatch: Arc<Mutex<Option<String>>>,
     signer: Arc<str>,
-    closed: Option<oneshot::Sender<String>>,
+    closed: Option<oneshot::Sender<Ended>>,
     channels: Arc<AtomicUsize>,
+    /// Last time a refused local connection was logged at warn (ms since the Unix epoch).
+    last_refusal_log: Arc<AtomicU64>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// For logs.
+    pub reason: String,
+    /// The path itself failed (keepalives unanswered, TCP timeout): try other uplinks first
+    /// next time. A gateway that closed or restarted says nothing about the uplink.
+    pub link_failure: bool,
+}
+
+/// Warn about refused local connections at most this often (the gateway's health checks
+/// would otherwise log one every probe until the forward is withdrawn).
+const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Did the path fail (as opposed to the gateway closing the session)?
+fn is_link_failure(e: &russh::Error) -> bool {
+    match e {
+        russh::Error::KeepaliveTimeout | russh::Error::InactivityTimeout | russh::Error::ConnectionTimeout => true,
+        russh::Error::IO(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable
+        ),
+        _ => false,
+    }
 }
 
 impl client::Handler for ClientHandler {
@@ -100,6 +134,20 @@ impl client::Handler for ClientHandler {
     ) -> Result<(), Self::Error> {
         let signer = Arc::clone(&self.signer);
         let channels = Arc::clone(&self.channels);
+        let last_log = Arc::clone(&self.last_refusal_log);
+        let log_refusal = move |what: String| {
+            let now = now_ms();
+            let last = last_log.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= REFUSAL_LOG_EVERY_MS
+                && last_log
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                warn!("{what} (the channel was refused; repeats within 10 s are logged at debug)");
+            } else {
+                debug!("{what}");
+            }
+        };
         // Connect off the session loop so keepalives keep flowing meanwhile.
         tokio::spawn(async move {
             match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(&*signer)).await {
@@ -114,11 +162,13 @@ impl client::Handler for ClientHandler {
                     channels.fetch_sub(1, Ordering::Relaxed);
                 }
                 Ok(Err(e)) => {
-                    warn!(signer = %signer, error = %e, "local signer refused a forwarded connection");
+                    log_refusal(format!("local signer {signer} refused a forwarded connection: {e}"));
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
                 Err(_) => {
-                    warn!(signer = %signer, "local signer did not accept a forwarded connection in time");
+                    log_refusal(format!(
+                        "local signer {signer} did not accept a forwarded connection in time"
+                    ));
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
             }
@@ -127,12 +177,18 @@ impl client::Handler for ClientHandler {
     }
 
     async fn disconnected(&mut self, reason: DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
-        let text = match &reason {
-            DisconnectReason::ReceivedDisconnect(info) => format!("gateway closed the session: {info:?}"),
-            DisconnectReason::Error(e) => e.to_string(),
+        let ended = match &reason {
+            DisconnectReason::ReceivedDisconnect(info) => Ended {
+                reason: format!("gateway closed the session: {info:?}"),
+                link_failure: false,
+            },
+            DisconnectReason::Error(e) => Ended {
+                reason: e.to_string(),
+                link_failure: is_link_failure(e),
+            },
         };
         if let Some(tx) = self.closed.take() {
-            let _ = tx.send(text);
+            let _ = tx.send(ended);
         }
         match reason {
             DisconnectReason::ReceivedDisconnect(_) => Ok(()),
@@ -142,13 +198,16 @@ impl client::Handler for ClientHandler {
 }
 
 /// Resolves when a session ends, with the reason. Cancel-safe.
-pub struct Closed(Option<oneshot::Receiver<String>>);
+pub struct Closed(Option<oneshot::Receiver<Ended>>);
 
 impl Closed {
     /// Wait for the end.
-    pub async fn wait(&mut self) -> String {
+    pub async fn wait(&mut self) -> Ended {
         match &mut self.0 {
-            Some(rx) => rx.await.unwrap_or_else(|_| "session ended".to_string()),
+            Some(rx) => rx.await.unwrap_or_else(|_| Ended {
+                reason: "session ended".to_string(),
+                link_failure: false,
+            }),
             None => std::future::pending().await,
         }
     }
@@ -157,7 +216,7 @@ impl Closed {
 /// An established session.
 pub struct Session {
     handle: client::Handle<ClientHandler>,
-    closed: Option<oneshot::Receiver<String>>,
+    closed: Option<oneshot::Receiver<Ended>>,
     forward: (String, u32),
     forwarding: bool,
     /// Index of the uplink in preference order.
@@ -250,6 +309,7 @@ impl Session {
             signer: Arc::from(cfg.signer.as_str()),
             closed: Some(closed_tx),
             channels: Arc::clone(&channels),
+            last_refusal_log: Arc::new(AtomicU64::new(0)),
         };
         let connected = tokio::time::timeout(deadline, client::connect_stream(config, stream, handler)).await;
         let taken_mismatch = || mismatch.lock().unwrap_or_else(|p| p.into_inner()).take();

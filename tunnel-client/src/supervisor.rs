@@ -14,6 +14,8 @@
 //!   backoff (reset once a session stayed up `backoff.reset_after`), reconnect
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::config::{BackoffConfig, Settings};
 use crate::notify;
 use crate::probe::probe;
-use crate::session::{Session, SessionError};
+use crate::session::{Ended, Session, SessionError};
 
 /// Jittered exponential backoff.
 pub struct Backoff {
@@ -80,28 +82,38 @@ async fn connect_first(
     forward: bool,
 ) -> Result<Session, SessionError> {
     let mut last = None;
+    let mut mismatch = None;
     for &u in order {
         for gw in &settings.config.gateways {
+            let uplink = settings.uplinks.get(u).map_or("?", |x| x.name.as_str());
             match Session::connect(settings, Arc::clone(key), gw, u, forward, &mut |_| {}).await {
                 Ok(s) => return Ok(s),
-                Err(e) if e.is_host_key_mismatch() => return Err(e),
+                Err(e) if e.is_host_key_mismatch() => {
+                    // A security event, but only about this path: every other gateway and
+                    // uplink is still checked against the same pin, so keep trying them.
+                    error!(gateway = %gw, uplink, error = %e, "SECURITY: the gateway's host key does not match the pinned key; not connecting there");
+                    mismatch = Some(e);
+                }
                 Err(e) => {
-                    let uplink = settings.uplinks.get(u).map_or("?", |x| x.name.as_str());
                     warn!(gateway = %gw, uplink, error = %e, "connection attempt failed");
                     last = Some(e);
                 }
             }
         }
     }
-    Err(last.unwrap_or(SessionError::Resolve("no gateway configured".into())))
+    // Nothing worked: a mismatch seen anywhere decides the (slow) retry pace.
+    Err(mismatch
+        .or(last)
+        .unwrap_or(SessionError::Resolve("no gateway configured".into())))
 }
 
-enum Ended {
+/// How `serve` returned.
+enum Outcome {
     Shutdown,
     Closed {
         uplink: usize,
         up_for: Duration,
-        reason: String,
+        ended: Ended,
     },
 }
 
@@ -139,20 +151,25 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
             Ok(session) => {
                 stats.sessions += 1;
                 match serve(&settings, &key, session, signer_ok, &mut stats, &shutdown).await {
-                    Ended::Shutdown => return,
-                    Ended::Closed { uplink, up_for, reason } => {
-                        warn!(uplink = %settings.uplinks.get(uplink).map_or("?", |u| u.name.as_str()), reason = %reason, up_for = ?up_for, "session ended");
-                        notify::status(&format!("reconnecting ({reason})"));
+                    Outcome::Shutdown => return,
+                    Outcome::Closed { uplink, up_for, ended } => {
+                        let name = settings.uplinks.get(uplink).map_or("?", |u| u.name.as_str());
+                        warn!(uplink = %name, reason = %ended.reason, link_failure = ended.link_failure, up_for = ?up_for, "session ended");
+                        notify::status(&format!("reconnecting ({})", ended.reason));
                         if up_for >= cfg.backoff.reset_after {
                             backoff.reset();
                         }
-                        failed_uplink = Some(uplink);
+                        // Only a failed path is tried last; a gateway restart says nothing
+                        // about the uplink, so the preferred one is tried first again.
+                        failed_uplink = ended.link_failure.then_some(uplink);
                         backoff.next_delay()
                     }
                 }
             }
             Err(e) if e.is_host_key_mismatch() => {
-                error!(error = %e, retry_in = ?cfg.host_key_mismatch_retry, "SECURITY: the gateway's host key does not match the pinned key; not connecting");
+                // Each mismatching path was already logged at error level with both keys.
+                let _ = e;
+                warn!(retry_in = ?cfg.host_key_mismatch_retry, "no gateway could be reached with the pinned host key; retrying slowly");
                 notify::status("host key mismatch: not connecting");
                 cfg.host_key_mismatch_retry
             }
@@ -177,7 +194,7 @@ async fn serve(
     forwarding: bool,
     stats: &mut Stats,
     shutdown: &CancellationToken,
-) -> Ended {
+) -> Outcome {
     let cfg = &settings.config;
     let hc = &cfg.health_check;
     let mut closed = session.take_closed();
@@ -205,15 +222,41 @@ async fn serve(
     let start_better = tokio::time::Instant::now() + cfg.uplink_retry;
     let mut better = tokio::time::interval_at(start_better, cfg.uplink_retry);
     better.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A session being opened on a better uplink. Polled as its own branch so probes, the
+    // forward and shutdown keep being handled while it connects (up to connect_timeout per
+    // step on a silently dead path).
+    let mut attempt: Option<Pin<Box<dyn Future<Output = Result<Session, SessionError>> + Send + '_>>> = None;
+    let mut attempt_started = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 notify::stopping();
                 session.close("tunnel client stopping").await;
-                return Ended::Shutdown;
+                return Outcome::Shutdown;
             }
-            reason = closed.wait() => {
-                return Ended::Closed { uplink: session.uplink, up_for: session.since.elapsed(), reason };
+            ended = closed.wait() => {
+                // The gateway closes this session the moment a newer one of ours takes the
+                // route, possibly before that session's own attempt has reported back here:
+                // finish the attempt and adopt it rather than drop the session that now
+                // carries the route.
+                let adopted = match attempt.take() {
+                    Some(pending) => pending.await.ok().filter(|new| new.uplink < session.uplink),
+                    None => None,
+                };
+                let Some(mut new) = adopted else {
+                    return Outcome::Closed { uplink: session.uplink, up_for: session.since.elapsed(), ended };
+                };
+                stats.switches += 1;
+                info!(
+                    from = %session.uplink_name,
+                    to = %new.uplink_name,
+                    switches = stats.switches,
+                    took_ms = attempt_started.elapsed().as_millis() as u64,
+                    "uplink switch: a preferred uplink works again"
+                );
+                closed = new.take_closed();
+                session = new;
+                report(&session, stats);
             }
             _ = health.tick() => {
                 match probe(&cfg.signer, &hc.path, hc.timeout).await {
@@ -241,25 +284,36 @@ async fn serve(
                     }
                 }
             }
-            _ = better.tick(), if session.uplink > 0 => {
+            _ = better.tick(), if session.uplink > 0 && attempt.is_none() => {
                 // Make before break: a session on a better uplink first, then close this one.
                 let order: Vec<usize> = (0..session.uplink).collect();
-                let started = Instant::now();
-                if let Ok(mut new) = connect_first(settings, key, &order, session.is_forwarding()).await {
-                    stats.switches += 1;
-                    info!(
-                        from = %session.uplink_name,
-                        to = %new.uplink_name,
-                        switches = stats.switches,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "uplink switch: a preferred uplink works again"
-                    );
-                    let new_closed = new.take_closed();
-                    let old = std::mem::replace(&mut session, new);
-                    closed = new_closed;
-                    old.close("moved to a preferred uplink").await;
-                    report(&session, stats);
+                let forward = session.is_forwarding();
+                attempt_started = Instant::now();
+                attempt = Some(Box::pin(async move { connect_first(settings, key, &order, forward).await }));
+            }
+            result = async { attempt.as_mut().expect("guarded by is_some").await }, if attempt.is_some() => {
+                attempt = None;
+                let Ok(mut new) = result else { continue };
+                if new.uplink >= session.uplink {
+                    continue;
                 }
+                // The local signer may have gone away while the new session was opening.
+                if new.is_forwarding() && !session.is_forwarding() {
+                    let _ = new.cancel_forward().await;
+                }
+                stats.switches += 1;
+                info!(
+                    from = %session.uplink_name,
+                    to = %new.uplink_name,
+                    switches = stats.switches,
+                    took_ms = attempt_started.elapsed().as_millis() as u64,
+                    "uplink switch: a preferred uplink works again"
+                );
+                let new_closed = new.take_closed();
+                let old = std::mem::replace(&mut session, new);
+                closed = new_closed;
+                old.close("moved to a preferred uplink").await;
+                report(&session, stats);
             }
         }
     }

@@ -1,0 +1,510 @@
+//! The real `signer-tunnel` binary (the Pi-side client) under test: its YAML config
+//! ([`TunnelConfig`]), the `run` process ([`TunnelClient`]) with its log kept line by line,
+//! and one-shot commands (`check`, `keygen`, `--version`, also under an emulator) via
+//! [`run_to_end`].
+//!
+//! `signer-tunnel run` prints no ready line: tests learn that it is up from the gateway
+//! (`/status` `ssh.tunnels`) or by waiting for a log line ([`TunnelClient::wait_log`]). Its
+//! stderr is always read by a thread, kept in memory with arrival times, appended to
+//! `<dir>/signer-tunnel.log`, and echoed when `E2E_VERBOSE=1`; the log's tail is printed
+//! when a test panics.
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::harness::verbose;
+
+/// Name of the config file [`TunnelClient::start`] writes in its dir.
+pub const CONFIG_FILE: &str = "signer-tunnel.yaml";
+/// Name of the log file [`TunnelClient`] appends stderr to.
+pub const LOG_FILE: &str = "signer-tunnel.log";
+
+/// Find the `signer-tunnel` binary: `$SIGNER_TUNNEL_BIN`, else next to the running test
+/// executable (`target/<profile>/deps/<test>` → `target/<profile>/signer-tunnel`).
+pub fn tunnel_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SIGNER_TUNNEL_BIN") {
+        let p = PathBuf::from(p);
+        anyhow::ensure!(p.is_file(), "SIGNER_TUNNEL_BIN={} is not a file", p.display());
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let mut tried = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(format!("signer-tunnel{}", std::env::consts::EXE_SUFFIX));
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+    }
+    anyhow::bail!(
+        "signer-tunnel binary not found (tried {}): run `cargo build --workspace --bins` first, \
+         or set SIGNER_TUNNEL_BIN",
+        tried.join(", ")
+    )
+}
+
+/// The `target` dir the running test executable lives in (`target/<profile>/deps/<test>`),
+/// to find binaries built for other targets (`target/<triple>/release/…`).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("no target dir above {}", exe.display()))
+}
+
+/// `humantime` text for a duration, as the config wants it (`1500ms`).
+fn ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Builder for `signer-tunnel`'s YAML config, with test-friendly defaults: short keepalives,
+/// timeouts and backoff so faults are noticed and recovered from within seconds.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// `gateways`: SSH addresses, tried in order.
+    pub gateways: Vec<SocketAddr>,
+    /// `host_key`: the pinned fingerprint (`SHA256:…`) or public key line.
+    pub host_key: String,
+    /// `identity`: the private key file.
+    pub identity: PathBuf,
+    /// `signer`: the local signer.
+    pub signer: SocketAddr,
+    /// `uplinks`, as source addresses in preference order (empty: none configured).
+    pub uplinks: Vec<IpAddr>,
+    /// `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// `keepalive_interval`.
+    pub keepalive_interval: Duration,
+    /// `keepalive_max`.
+    pub keepalive_max: u32,
+    /// `tcp_user_timeout`.
+    pub tcp_user_timeout: Duration,
+    /// `uplink_retry`.
+    pub uplink_retry: Duration,
+    /// `host_key_mismatch_retry`.
+    pub host_key_mismatch_retry: Duration,
+    /// `backoff.initial`.
+    pub backoff_initial: Duration,
+    /// `backoff.max`.
+    pub backoff_max: Duration,
+    /// `backoff.reset_after`.
+    pub backoff_reset_after: Duration,
+    /// `health_check.path`.
+    pub health_path: String,
+    /// `health_check.interval`.
+    pub health_interval: Duration,
+    /// `health_check.timeout`.
+    pub health_timeout: Duration,
+    /// `health_check.fall`.
+    pub health_fall: u32,
+    /// `health_check.rise`.
+    pub health_rise: u32,
+}
+
+impl TunnelConfig {
+    /// Test defaults for a client of `gateway` pinning `host_key`, authenticating with
+    /// `identity`, forwarding to `signer`.
+    pub fn new(gateway: SocketAddr, host_key: &str, identity: &Path, signer: SocketAddr) -> TunnelConfig {
+        TunnelConfig {
+            gateways: vec![gateway],
+            host_key: host_key.to_string(),
+            identity: identity.to_path_buf(),
+            signer,
+            uplinks: Vec::new(),
+            connect_timeout: Duration::from_secs(3),
+            keepalive_interval: Duration::from_millis(500),
+            keepalive_max: 3,
+            tcp_user_timeout: Duration::from_secs(5),
+            uplink_retry: Duration::from_secs(10),
+            host_key_mismatch_retry: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(2),
+            backoff_reset_after: Duration::from_secs(5),
+            health_path: "/authorized_keys".to_string(),
+            health_interval: Duration::from_millis(200),
+            health_timeout: Duration::from_millis(500),
+            health_fall: 2,
+            health_rise: 1,
+        }
+    }
+
+    /// The YAML text.
+    pub fn to_yaml(&self) -> String {
+        let mut y = String::new();
+        let list = |items: Vec<String>| items.join(", ");
+        // Writing to a String cannot fail.
+        let _ = write!(
+            y,
+            "gateways: [{}]\nhost_key: '{}'\nidentity: '{}'\nsigner: '{}'\n",
+            list(self.gateways.iter().map(|g| format!("'{g}'")).collect()),
+            self.host_key,
+            self.identity.display(),
+            self.signer,
+        );
+        if !self.uplinks.is_empty() {
+            let _ = writeln!(
+                y,
+                "uplinks: [{}]",
+                list(self.uplinks.iter().map(|ip| format!("{{source: '{ip}'}}")).collect())
+            );
+        }
+        let _ = write!(
+            y,
+            "connect_timeout: {}\nkeepalive_interval: {}\nkeepalive_max: {}\ntcp_user_timeout: {}\n\
+             uplink_retry: {}\nhost_key_mismatch_retry: {}\n\
+             backoff: {{initial: {}, max: {}, reset_after: {}}}\n\
+             health_check: {{path: '{}', interval: {}, timeout: {}, fall: {}, rise: {}}}\n\
+             log_format: text\n",
+            ms(self.connect_timeout),
+            ms(self.keepalive_interval),
+            self.keepalive_max,
+            ms(self.tcp_user_timeout),
+            ms(self.uplink_retry),
+            ms(self.host_key_mismatch_retry),
+            ms(self.backoff_initial),
+            ms(self.backoff_max),
+            ms(self.backoff_reset_after),
+            self.health_path,
+            ms(self.health_interval),
+            ms(self.health_timeout),
+            self.health_fall,
+            self.health_rise,
+        );
+        y
+    }
+
+    /// Write the YAML to `path`.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, self.to_yaml()).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// A `signer-tunnel run` process. Dropping it kills it (SIGKILL); the dir stays (the caller
+/// owns it).
+pub struct TunnelClient {
+    child: Option<Child>,
+    bin: PathBuf,
+    dir: PathBuf,
+    config: TunnelConfig,
+    env: Vec<(String, String)>,
+    lines: Lines,
+    runs: u32,
+}
+
+impl TunnelClient {
+    /// Write `config` to `<dir>/signer-tunnel.yaml` and start `signer-tunnel --config … run`
+    /// (with `RUST_LOG=info` unless the environment sets it).
+    pub fn start(dir: &Path, config: &TunnelConfig) -> anyhow::Result<TunnelClient> {
+        TunnelClient::start_with_env(dir, config, &[])
+    }
+
+    /// As [`TunnelClient::start`] with extra environment variables for the process.
+    pub fn start_with_env(dir: &Path, config: &TunnelConfig, env: &[(&str, &str)]) -> anyhow::Result<TunnelClient> {
+        let mut client = TunnelClient {
+            child: None,
+            bin: tunnel_bin()?,
+            dir: dir.to_path_buf(),
+            config: config.clone(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            lines: Arc::new(Mutex::new(Vec::new())),
+            runs: 0,
+        };
+        client.spawn()?;
+        Ok(client)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let config_path = self.config_path();
+        self.config.write(&config_path)?;
+        self.runs += 1;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("run")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        let stderr = child.stderr.take().context("stderr was not piped")?;
+        let log_path = self.log_path();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        writeln!(log, "=== gateway-e2e: run {} of {} ===", self.runs, self.bin.display())?;
+        let lines = Arc::clone(&self.lines);
+        let echo = verbose();
+        // A thread, not a task: it must keep draining even while the test blocks a runtime
+        // thread, or the client would stall on a full pipe.
+        std::thread::Builder::new()
+            .name("signer-tunnel-stderr".into())
+            .spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if echo {
+                        eprintln!("[signer-tunnel] {line}");
+                    }
+                    let _ = writeln!(log, "{line}");
+                    lines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((Instant::now(), line));
+                }
+            })
+            .context("spawning the stderr reader thread")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The dir the config and log are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/signer-tunnel.yaml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+
+    /// `<dir>/signer-tunnel.log` (every run's stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+
+    /// Every stderr line so far, across restarts.
+    pub fn log(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = String::new();
+        for (_, l) in lines.iter() {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Stderr lines containing `needle`, with the time each arrived.
+    pub fn log_lines(&self, needle: &str) -> Vec<(Instant, String)> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().filter(|(_, l)| l.contains(needle)).cloned().collect()
+    }
+
+    /// Wait up to `within` for a stderr line containing `needle` that arrived at or after
+    /// `since` (any time when `None`); returns when it arrived.
+    pub async fn wait_log(&self, needle: &str, since: Option<Instant>, within: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self
+                .log_lines(needle)
+                .into_iter()
+                .find(|(at, _)| since.is_none_or(|s| *at >= s));
+            if let Some((at, _)) = found {
+                return Ok(at);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "signer-tunnel did not log {needle:?} within {within:?}{}",
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last `n` stderr lines, formatted for an error message.
+    pub fn log_tail(&self, n: usize) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let tail: Vec<&str> = lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        format!("\n--- last lines of signer-tunnel's log ---\n{}\n---", tail.join("\n"))
+    }
+
+    /// Process id of the current run, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Still running? (Its exit status once it exited.)
+    pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match &mut self.child {
+            Some(c) => Ok(c.try_wait()?),
+            None => anyhow::bail!("signer-tunnel is not running"),
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Err means it already exited: reaping below still applies.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait up to `within` for the exit (SIGKILL and an error past it).
+    pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut c = self.child.take().context("signer-tunnel is not running")?;
+        send_signal(c.id(), libc::SIGTERM)?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                anyhow::bail!("signer-tunnel still running {within:?} after SIGTERM: killed");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Kill the current run if any and start again with `config` (written anew).
+    pub fn restart_with(&mut self, config: &TunnelConfig) -> anyhow::Result<()> {
+        self.kill();
+        self.config = config.clone();
+        self.spawn()
+    }
+}
+
+impl Drop for TunnelClient {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() && !verbose() {
+            eprintln!("{}", self.log_tail(40));
+        }
+    }
+}
+
+/// Send `sig` to process `pid` (a child of ours, not yet reaped).
+#[allow(unsafe_code)]
+fn send_signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is that of
+    // a child we have not reaped yet, so it cannot have been reused.
+    let rc = unsafe { libc::kill(pid, sig) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("kill({pid}, {sig})"));
+    }
+    Ok(())
+}
+
+/// What a one-shot command did.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Whole stdout (lossy UTF-8).
+    pub stdout: String,
+    /// Whole stderr (lossy UTF-8).
+    pub stderr: String,
+    /// Time from spawn to exit.
+    pub took: Duration,
+}
+
+impl Finished {
+    /// The exit code (None when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exited {} after {:?}\n--- stdout ---\n{}--- stderr ---\n{}---",
+            self.status, self.took, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Run `cmd` to its end (stdin closed, output captured), killing it after `within`. Runs on
+/// a blocking thread so the runtime keeps serving the gateway and signers meanwhile.
+pub async fn run_to_end(mut cmd: tokio::process::Command, within: Duration) -> anyhow::Result<Finished> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    let what = format!("{:?}", cmd.as_std());
+    let started = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
+    let out: Output = match tokio::time::timeout(within, child.wait_with_output()).await {
+        Ok(r) => r.with_context(|| format!("waiting for {what}"))?,
+        // The child is killed as the future (which owns it) drops.
+        Err(_) => anyhow::bail!("{what} still running after {within:?}: killed"),
+    };
+    let finished = Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took: started.elapsed(),
+    };
+    if verbose() {
+        eprintln!("[{what}] {finished}");
+    }
+    Ok(finished)
+}
+
+/// `signer-tunnel <args…>` as a command for [`run_to_end`].
+pub fn tunnel_command(args: &[&str]) -> anyhow::Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(tunnel_bin()?);
+    cmd.args(args);
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_yaml_has_the_schema_shape() {
+        let mut cfg = TunnelConfig::new(
+            "127.0.0.1:2222".parse().unwrap(),
+            "SHA256:abc",
+            Path::new("/k/id"),
+            "127.0.0.1:6732".parse().unwrap(),
+        );
+        cfg.uplinks = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+        let y = cfg.to_yaml();
+        assert!(
+            y.starts_with("gateways: ['127.0.0.1:2222']\nhost_key: 'SHA256:abc'\n"),
+            "{y}"
+        );
+        assert!(
+            y.contains("uplinks: [{source: '127.0.0.2'}, {source: '127.0.0.3'}]\n"),
+            "{y}"
+        );
+        assert!(
+            y.contains("backoff: {initial: 200ms, max: 2000ms, reset_after: 5000ms}\n"),
+            "{y}"
+        );
+        assert!(
+            y.contains("health_check: {path: '/authorized_keys', interval: 200ms"),
+            "{y}"
+        );
+        assert!(y.ends_with("log_format: text\n"));
+    }
+}
