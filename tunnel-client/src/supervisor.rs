@@ -107,6 +107,9 @@ async fn connect_first(
         .unwrap_or(SessionError::Resolve("no gateway configured".into())))
 }
 
+/// A session being opened on a better uplink.
+type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Session, SessionError>> + Send + 'a>>;
+
 /// How `serve` returned.
 enum Outcome {
     Shutdown,
@@ -225,7 +228,7 @@ async fn serve(
     // A session being opened on a better uplink. Polled as its own branch so probes, the
     // forward and shutdown keep being handled while it connects (up to connect_timeout per
     // step on a silently dead path).
-    let mut attempt: Option<Pin<Box<dyn Future<Output = Result<Session, SessionError>> + Send + '_>>> = None;
+    let mut attempt: Option<Attempt<'_>> = None;
     let mut attempt_started = Instant::now();
     loop {
         tokio::select! {
