@@ -139,6 +139,7 @@ struct TunnelInfo {
     last_replacement: Option<SystemTime>,
     replacements: u64,
     recent_replacements: Vec<Instant>,
+    last_storm_log: Option<Instant>,
     last_disconnect: Option<(SystemTime, String)>,
 }
 
@@ -472,12 +473,24 @@ impl Broker {
                         .tunnel_replacement_storms
                         .with_label_values(&[signer])
                         .inc();
-                    error!(
-                        signer,
-                        new_peer = %peer,
-                        old_peer = %old.peer,
-                        "tunnel sessions keep replacing each other: are two live devices sharing one key?"
-                    );
+                    // One error line a minute is enough to page someone; the metric counts all.
+                    let due = {
+                        let mut info = self.info();
+                        let i = info.entry(signer.to_string()).or_default();
+                        let due = i.last_storm_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                        if due {
+                            i.last_storm_log = Some(Instant::now());
+                        }
+                        due
+                    };
+                    if due {
+                        error!(
+                            signer,
+                            new_peer = %peer,
+                            old_peer = %old.peer,
+                            "tunnel sessions keep replacing each other: are two live devices sharing one key?"
+                        );
+                    }
                 } else {
                     warn!(signer, new_peer = %peer, old_peer = %old.peer, "newer session replaces the tunnel");
                 }
