@@ -800,3 +800,45 @@ async fn closed_tunnel_fails_over_at_once_body(rig: &mut Rig) -> anyhow::Result<
     eprintln!("clean close: first request after it took {:?}", s.took);
     Ok(())
 }
+
+rig_test!(
+    /// Two live devices sharing one key keep replacing each other's session: beyond
+    /// `ssh.max_replacements_per_minute` (3) the gateway counts a storm and logs an error
+    /// naming the likely cause, so an alert fires instead of a silent flap.
+    replacement_storm_is_reported,
+    replacement_storm_is_reported_body
+);
+
+async fn replacement_storm_is_reported_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for round in 0..5u32 {
+        let mut c = rig.tunnel_via(rig.ssh, &[])?;
+        c.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
+        // Each new session takes the route from the previous one.
+        let want = f64::from(round);
+        eventually(HEALTH_SETTLE, "the replacement to be counted", || async {
+            let n = rig
+                .metric("signer_gateway_tunnel_replacements_total", "signer", "pi")
+                .await?;
+            anyhow::ensure!(n >= want, "replacements {n} < {want}");
+            Ok(())
+        })
+        .await?;
+        clients.push(c);
+    }
+    let storms = rig
+        .metric("signer_gateway_tunnel_replacement_storms_total", "signer", "pi")
+        .await?;
+    anyhow::ensure!(
+        storms >= 1.0,
+        "4 replacements within a minute were not reported as a storm ({storms})"
+    );
+    let log = rig.gw.log();
+    anyhow::ensure!(
+        log.contains("are two live devices sharing one key?"),
+        "no error line about two devices sharing a key"
+    );
+    // The newest session still serves.
+    rig.sign_ok_by(Served::Pi).await?;
+    Ok(())
+}
