@@ -223,3 +223,44 @@ async fn all_signers_down_is_503_with_a_trace_then_recovers() {
     rig.level = next_level.load(Ordering::Relaxed);
     rig.assert_backup_serves("backup back").await;
 }
+
+/// A request in flight on a signer that hangs does not wait out `request_timeout` when a
+/// health probe takes the signer down first: it moves to the next signer at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_in_flight_moves_on_when_health_check_takes_the_signer_down() {
+    let primary = TestSignerProcess::start(BIN, &[seed(7)], Mode::Ok).await.unwrap();
+    let backup = TestSignerProcess::start(BIN, &[seed(7)], Mode::Ok).await.unwrap();
+    let mut cfg = GatewayConfig::new(&[("primary", primary.addr()), ("backup", backup.addr())]);
+    // A patient request timeout, a quick health check: the probe must win.
+    cfg.request_timeout = "10s".into();
+    cfg.health_interval = "200ms".into();
+    cfg.health_timeout = "300ms".into();
+    let gw = Gateway::start(&cfg.to_yaml()).await.unwrap();
+    gw.wait_signers_up(&["primary", "backup"], HEALTH_SETTLE).await.unwrap();
+    let pkh = primary.pkhs()[0];
+    let client = Client::new().with_timeout(Duration::from_secs(20));
+    let (status, _) = client
+        .sign(gw.api, "", pkh, &attestation(TEST_CHAIN, 1, 0, 1))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    primary.set_mode(Mode::Hang).await.unwrap();
+    let payload = attestation(TEST_CHAIN, 2, 0, 1);
+    let t = Instant::now();
+    let (status, body) = client.sign(gw.api, "", pkh, &payload).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(backup.stats().await.unwrap().last_sign_hex, Some(hex::encode(&payload)));
+    // interval + probe timeout ≈ 0.5 s, far below the 10 s request timeout.
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?}: the request waited for its own timeout"
+    );
+    let metrics = client.get(&gw.admin_url("/metrics")).await.unwrap().1;
+    let text = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains(r#"signer_gateway_signer_attempts_total{result="went_down",signer="primary"} 1"#),
+        "{text}"
+    );
+}

@@ -14,7 +14,9 @@
 //! signers are skipped without spending a timeout on them, and a background probe brings
 //! them back. When no signer is a candidate the request fails at once (503). Each attempt
 //! is bounded by `request_timeout`, so a request's worst case is the number of candidates
-//! times that.
+//! times that; but an attempt also ends the moment its signer goes down (a probe times out,
+//! its tunnel closes), so a hung or silently dead signer usually costs one probe interval
+//! plus one probe timeout, not a whole `request_timeout`.
 //!
 //! How the bytes reach a signer is behind [`Connect`]: a TCP address today; an SSH tunnel
 //! implements the same trait.
@@ -95,6 +97,8 @@ pub enum AttemptFailure {
     ServerError,
     /// Answered 2xx with a body that is not a valid signature for the key.
     BadSignature,
+    /// A health probe or the tunnel broker took the signer down while the request waited.
+    WentDown,
 }
 
 impl AttemptFailure {
@@ -105,6 +109,7 @@ impl AttemptFailure {
             AttemptFailure::Timeout => "timeout",
             AttemptFailure::ServerError => "server_error",
             AttemptFailure::BadSignature => "bad_signature",
+            AttemptFailure::WentDown => "went_down",
         }
     }
 }
@@ -163,6 +168,10 @@ pub struct Signer {
     connector: Arc<dyn Connect>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
     health: Mutex<Health>,
+    /// Bumped each time the signer goes down, so requests in flight on it can move on at
+    /// once instead of waiting out `request_timeout` (a health probe or a closed tunnel
+    /// usually notices first).
+    down_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 /// A complete answer from a signer.
@@ -182,6 +191,7 @@ impl Signer {
             priority,
             connector,
             idle: Mutex::new(Vec::new()),
+            down_epoch: tokio::sync::watch::Sender::new(0),
             health: Mutex::new(Health {
                 state: State::Unknown,
                 successes: 0,
@@ -321,6 +331,9 @@ impl Signer {
     fn transition(&self, h: &mut Health, to: State, metrics: &Metrics) {
         let from = h.state;
         h.state = to;
+        if to == State::Down {
+            self.down_epoch.send_modify(|e| *e += 1);
+        }
         h.since = SystemTime::now();
         let up = i64::from(to == State::Up);
         metrics.signer_up.with_label_values(&[self.name.as_str()]).set(up);
@@ -462,12 +475,23 @@ impl Pool {
         let candidates = self.candidates();
         for (i, signer) in candidates.iter().enumerate() {
             let started = Instant::now();
-            let sent = tokio::time::timeout(
+            let mut down = signer.down_epoch.subscribe();
+            down.mark_unchanged();
+            let attempt = tokio::time::timeout(
                 self.request_timeout,
                 signer.send(method.clone(), path_and_query, body.clone()),
-            )
-            .await;
+            );
+            // Resending the same bytes elsewhere is safe: the mark is recorded for exactly
+            // these bytes, so at worst both signers sign the same payload.
+            let sent = tokio::select! {
+                sent = attempt => sent.map_err(|_| AttemptFailure::Timeout),
+                _ = down.changed() => Err(AttemptFailure::WentDown),
+            };
             let verdict = match sent {
+                Err(AttemptFailure::WentDown) => Verdict::Failed(
+                    AttemptFailure::WentDown,
+                    "went down while the request was in flight".to_string(),
+                ),
                 Err(_) => Verdict::Failed(
                     AttemptFailure::Timeout,
                     format!("no answer within {:?}", self.request_timeout),
@@ -510,7 +534,10 @@ impl Pool {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "signer attempt failed"
                     );
-                    signer.record_failure(&msg, self.health.fall, true, &self.metrics);
+                    // Already down, with the reason that took it down; keep that one.
+                    if kind != AttemptFailure::WentDown {
+                        signer.record_failure(&msg, self.health.fall, true, &self.metrics);
+                    }
                     if i + 1 < candidates.len() {
                         self.metrics.failovers.with_label_values(&[name]).inc();
                     }
