@@ -145,3 +145,60 @@ async fn taquito_remote_signer_signs_through_the_gateway() {
     assert!(!ok && out["ok"] == false, "generic op must be refused: {out}");
     assert_eq!(out["status"], 403, "{out}");
 }
+
+/// The gateway verifies tz2 (secp256k1) and tz3 (P-256) signatures with its own encodings:
+/// Taquito must agree on the key, the key hash and the signature for both schemes (and reject
+/// a signature over other bytes), so the gateway neither refuses good signatures nor accepts
+/// bad ones from such signers.
+#[tokio::test]
+async fn taquito_agrees_on_secp256k1_and_p256_encodings() {
+    use k256::ecdsa::signature::hazmat::PrehashSigner as _;
+    use signer_gateway::tezos::{blake2b_256, encode_public_key, encode_signature, Curve};
+    if node_or_skip().await.is_none() {
+        return;
+    }
+    ensure_node_modules().await;
+    let bytes = attestation(TEST_CHAIN, 1234, 1, 7);
+    let digest = blake2b_256(&bytes);
+    let k = k256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+    let sig: k256::ecdsa::Signature = k.sign_prehash(&digest).unwrap();
+    let sig = sig.normalize_s().unwrap_or(sig);
+    let tz2 = (
+        encode_public_key(Curve::Secp256k1, k.verifying_key().to_encoded_point(true).as_bytes()),
+        encode_signature(Curve::Secp256k1, &sig.to_bytes().into()),
+    );
+    let p = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+    let sig: p256::ecdsa::Signature = p.sign_prehash(&digest).unwrap();
+    let tz3 = (
+        encode_public_key(Curve::P256, p.verifying_key().to_encoded_point(true).as_bytes()),
+        encode_signature(Curve::P256, &sig.to_bytes().into()),
+    );
+    for (pk_text, sig_text) in [tz2, tz3] {
+        let pk: PublicKey = pk_text.parse().unwrap();
+        pk.verify(&bytes, &sig_text).unwrap();
+        let pkh = pk.hash().to_string();
+        let run = |hex_bytes: String| {
+            let (pk_text, sig_text, pkh) = (pk_text.clone(), sig_text.clone(), pkh.clone());
+            async move {
+                Command::new("node")
+                    .arg("verify.mjs")
+                    .args([hex_bytes, pk_text, sig_text, pkh])
+                    .current_dir(taquito_dir())
+                    .output()
+                    .await
+                    .expect("run node verify.mjs")
+            }
+        };
+        let out = run(hex::encode(&bytes)).await;
+        assert!(
+            out.status.success(),
+            "Taquito rejects {pk_text} / {sig_text}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut other = bytes.clone();
+        other[60] ^= 1;
+        let out = run(hex::encode(&other)).await;
+        assert!(!out.status.success(), "Taquito accepts {sig_text} over other bytes");
+    }
+}

@@ -317,10 +317,10 @@ impl Signing {
         self.check_policy(pkh, payload)?;
         let pk = self.public_key(pkh).await?;
         // Refuse up front what cannot be verified, before a mark is raised for nothing.
-        if let PublicKey::Other { curve, .. } = &pk {
+        if !pk.is_verifiable() {
             return Err(SignError::Unverifiable {
                 pkh,
-                source: TezosError::UnsupportedCurve(*curve),
+                source: TezosError::UnsupportedCurve(pkh.curve),
             });
         }
         let path = match query {

@@ -3,8 +3,9 @@
 //! (`Net…`), and signature verification.
 //!
 //! octez signs the blake2b-256 digest of the bytes (magic byte included), so that is what
-//! [`PublicKey::verify`] checks. Only ed25519 (tz1) is verified today; other curves are
-//! recognised and reported as [`TezosError::UnsupportedCurve`] so callers can fail closed.
+//! [`PublicKey::verify`] checks: ed25519 (tz1), and ECDSA over that digest for secp256k1 (tz2)
+//! and P-256 (tz3). BLS (tz4) keys are recognised and reported as
+//! [`TezosError::UnsupportedCurve`] so callers can fail closed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -168,7 +169,7 @@ impl<'de> serde::Deserialize<'de> for Pkh {
 pub enum PublicKey {
     /// `edpk…`
     Ed25519([u8; 32]),
-    /// `sppk…`, `p2pk…`, `BLpk…`: recognised, not verifiable here.
+    /// `sppk…`, `p2pk…` (compressed SEC1 points, verifiable) and `BLpk…` (recognised only).
     Other {
         /// Scheme.
         curve: Curve,
@@ -207,9 +208,80 @@ impl PublicKey {
                     .map_err(|_| TezosError::BadSignature)?;
                 Ok(())
             }
+            PublicKey::Other {
+                curve: Curve::Secp256k1,
+                bytes,
+                ..
+            } => {
+                use k256::ecdsa::signature::hazmat::PrehashVerifier as _;
+                let sig = decode_ecdsa_signature(signature, prefix::SPSIG, "spsig1")?;
+                let key =
+                    k256::ecdsa::VerifyingKey::from_sec1_bytes(bytes).map_err(|_| TezosError::Shape("public key"))?;
+                let sig = k256::ecdsa::Signature::from_slice(&sig).map_err(|_| TezosError::BadSignature)?;
+                // octez (libsecp256k1) only produces and accepts low-s signatures.
+                if sig.normalize_s().is_some() {
+                    return Err(TezosError::BadSignature);
+                }
+                key.verify_prehash(&blake2b_256(message), &sig)
+                    .map_err(|_| TezosError::BadSignature)
+            }
+            PublicKey::Other {
+                curve: Curve::P256,
+                bytes,
+                ..
+            } => {
+                use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+                let sig = decode_ecdsa_signature(signature, prefix::P2SIG, "p2sig")?;
+                let key =
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes).map_err(|_| TezosError::Shape("public key"))?;
+                let sig = p256::ecdsa::Signature::from_slice(&sig).map_err(|_| TezosError::BadSignature)?;
+                key.verify_prehash(&blake2b_256(message), &sig)
+                    .map_err(|_| TezosError::BadSignature)
+            }
             PublicKey::Other { curve, .. } => Err(TezosError::UnsupportedCurve(*curve)),
         }
     }
+
+    /// Whether [`PublicKey::verify`] can check this key's signatures.
+    pub fn is_verifiable(&self) -> bool {
+        !matches!(self, PublicKey::Other { curve: Curve::Bls, .. })
+    }
+}
+
+/// Decode a 64-byte ECDSA signature given with its own prefix or as the generic `sig…`.
+fn decode_ecdsa_signature(s: &str, own: &[u8], own_text: &str) -> Result<[u8; 64], TezosError> {
+    let bytes = if s.starts_with(own_text) {
+        b58_decode(s, own, 64, "signature")?
+    } else if s.starts_with("sig") {
+        b58_decode(s, prefix::SIG, 64, "signature")?
+    } else {
+        return Err(TezosError::Shape("ECDSA signature"));
+    };
+    let mut out = [0u8; 64];
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+/// Encode a public key of any scheme from its raw bytes (for tests and tools).
+pub fn encode_public_key(curve: Curve, bytes: &[u8]) -> String {
+    let pre = match curve {
+        Curve::Ed25519 => prefix::EDPK,
+        Curve::Secp256k1 => prefix::SPPK,
+        Curve::P256 => prefix::P2PK,
+        Curve::Bls => prefix::BLPK,
+    };
+    b58_encode(pre, bytes)
+}
+
+/// Encode a 64-byte signature with the scheme's prefix (`edsig`, `spsig1`, `p2sig`).
+pub fn encode_signature(curve: Curve, sig: &[u8; 64]) -> String {
+    let pre = match curve {
+        Curve::Ed25519 => prefix::EDSIG,
+        Curve::Secp256k1 => prefix::SPSIG,
+        Curve::P256 => prefix::P2SIG,
+        Curve::Bls => prefix::SIG,
+    };
+    b58_encode(pre, sig)
 }
 
 impl FromStr for PublicKey {
@@ -377,6 +449,43 @@ mod tests {
         assert!("KT1VGTGwxkEFWYxsaQvzhNkoYYuHuTqGmeKJ".parse::<Pkh>().is_err());
         assert!("edpkfoo".parse::<PublicKey>().is_err());
         assert!(check_signature_shape("edsigXYZ").is_err());
+    }
+
+    #[test]
+    fn secp256k1_and_p256_signatures_verify() {
+        use k256::ecdsa::signature::hazmat::PrehashSigner as _;
+        let msg = b"\x13some attestation bytes";
+        let digest = blake2b_256(msg);
+
+        let sk = k256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let pk_bytes = sk.verifying_key().to_encoded_point(true);
+        let pk: PublicKey = encode_public_key(Curve::Secp256k1, pk_bytes.as_bytes())
+            .parse()
+            .unwrap();
+        assert!(pk.to_string().starts_with("sppk"));
+        assert!(pk.hash().to_string().starts_with("tz2"));
+        let sig: k256::ecdsa::Signature = sk.sign_prehash(&digest).unwrap();
+        let sig = sig.normalize_s().unwrap_or(sig);
+        let text = encode_signature(Curve::Secp256k1, &sig.to_bytes().into());
+        assert!(text.starts_with("spsig1"), "{text}");
+        pk.verify(msg, &text).unwrap();
+        assert_eq!(pk.verify(b"\x13other", &text), Err(TezosError::BadSignature));
+        // The high-s twin of a valid signature is refused, as octez does.
+        let (r, s) = sig.split_scalars();
+        let high = k256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
+        let high_text = encode_signature(Curve::Secp256k1, &high.to_bytes().into());
+        assert_eq!(pk.verify(msg, &high_text), Err(TezosError::BadSignature));
+
+        let sk = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let pk_bytes = sk.verifying_key().to_encoded_point(true);
+        let pk: PublicKey = encode_public_key(Curve::P256, pk_bytes.as_bytes()).parse().unwrap();
+        assert!(pk.to_string().starts_with("p2pk"));
+        assert!(pk.hash().to_string().starts_with("tz3"));
+        let sig: p256::ecdsa::Signature = sk.sign_prehash(&digest).unwrap();
+        let text = encode_signature(Curve::P256, &sig.to_bytes().into());
+        assert!(text.starts_with("p2sig"), "{text}");
+        pk.verify(msg, &text).unwrap();
+        assert_eq!(pk.verify(b"\x13other", &text), Err(TezosError::BadSignature));
     }
 
     #[test]
