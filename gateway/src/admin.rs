@@ -45,6 +45,10 @@ impl Admin {
         }
         Ok(match req.uri().path() {
             "/metrics" => {
+                // Refreshed here too, so a recovered store clears its alert without traffic.
+                self.metrics
+                    .store_healthy
+                    .set(i64::from(self.signing.store().health().healthy));
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -20,8 +20,8 @@ pub struct Metrics {
     pub policy_refusals: IntCounterVec,
     /// 1 when a signer is considered healthy.
     pub signer_up: IntGaugeVec,
-    /// Attempts on each signer by result (`ok`, `connect_error`, `timeout`, `server_error`,
-    /// `bad_signature`, `client_error`).
+    /// Attempts on each signer by result (`ok`, `not_here` (404: not this signer's key),
+    /// `connect_error`, `timeout`, `server_error`, `bad_signature`, `went_down`).
     pub signer_attempts: IntCounterVec,
     /// Requests moved on to the next signer after a failed attempt.
     pub failovers: IntCounterVec,

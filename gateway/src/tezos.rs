@@ -141,7 +141,8 @@ impl FromStr for Pkh {
 
 impl fmt::Display for Pkh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&b58_encode(Pkh::prefix(self.curve), &self.hash))
+        // `pad` so width and alignment work in tables (`watermark list`).
+        f.pad(&b58_encode(Pkh::prefix(self.curve), &self.hash))
     }
 }
 
@@ -383,7 +384,7 @@ pub struct ChainId(pub [u8; 4]);
 
 impl fmt::Display for ChainId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&b58_encode(prefix::NET, &self.0))
+        f.pad(&b58_encode(prefix::NET, &self.0))
     }
 }
 
