@@ -14,41 +14,8 @@ use serde::Deserialize;
 use crate::payload::Kind;
 use crate::tezos::Pkh;
 
-/// Why a configuration was refused. Every message names the offending field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File given with `--config`.
-        path: PathBuf,
-        /// Underlying I/O error.
-        source: std::io::Error,
-    },
-    /// Not valid YAML, or not the expected shape (unknown field, wrong type…).
-    #[error("config {path}: {message}")]
-    Parse {
-        /// File given with `--config`.
-        path: PathBuf,
-        /// serde-saphyr's message, with location and field.
-        message: String,
-    },
-    /// Parsed, but a value or a combination of values is not acceptable.
-    #[error("config field `{field}`: {message}")]
-    Invalid {
-        /// Dotted path of the field, e.g. `signers[1].address`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+use signer_common::{check_host_port, invalid};
+pub use signer_common::{ConfigError, LogFormat};
 
 /// Default signing API address: octez-signer's usual port, loopback only.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:6732";
@@ -314,17 +281,6 @@ impl Default for HealthCheckConfig {
     }
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 fn default_ssh_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 2222))
 }
@@ -426,26 +382,12 @@ pub struct Settings {
 impl Config {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        signer_common::load_file(path, Config::parse)
     }
 
     /// Parse and validate config text.
     pub fn parse(text: &str) -> Result<Settings, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string(),
-        })?;
-        config.validate()
+        signer_common::parse_yaml::<Config>(text)?.validate()
     }
 
     /// Cross-field checks; returns the runtime form.
@@ -629,26 +571,6 @@ impl SshConfig {
         }
         Ok(())
     }
-}
-
-/// Accept `host:port` with a non-empty host and a port in 1..=65535.
-fn check_host_port(s: &str) -> Result<(), String> {
-    if s.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
-    let port_ok = port.parse::<u16>().map(|p| p != 0).unwrap_or(false);
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' || c == '[' || c == ']');
-    if !port_ok {
-        return Err(format!("{s:?}: port must be 1-65535"));
-    }
-    if !host_ok {
-        return Err(format!("{s:?}: invalid host name"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

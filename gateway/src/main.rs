@@ -13,8 +13,6 @@ use signer_gateway::Gateway;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// EX_USAGE: the configuration is wrong; restarting will not help.
-const EXIT_CONFIG: u8 = 64;
 /// Any other failure to start or run.
 const EXIT_FAILURE: u8 = 1;
 
@@ -88,30 +86,16 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
         .map_err(|_| format!("{s:?} is not one of block, preattestation, attestation"))
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Config::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("signer-gateway: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(signer_common::EXIT_CONFIG);
         }
     };
-    init_tracing(cli.log_format.unwrap_or(settings.config.log_format));
+    signer_common::init_tracing(cli.log_format.unwrap_or(settings.config.log_format));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -147,26 +131,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         _ => println!("signer-gateway ready api={api} admin={admin}"),
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(signer_common::cancel_on_signals(shutdown.clone()));
     gateway.run(shutdown).await;
     Ok(())
-}
-
-/// SIGTERM (systemd, Kubernetes) and SIGINT both start a graceful shutdown.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            error!(error = %e, "cannot install signal handlers");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
-    shutdown.cancel();
 }
 
 async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Result<()> {

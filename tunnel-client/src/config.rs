@@ -7,41 +7,8 @@ use std::time::Duration;
 use russh::keys::{HashAlg, PublicKey};
 use serde::Deserialize;
 
-/// Why a configuration was refused. Every message names the offending field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid YAML or not the expected shape.
-    #[error("config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// serde-saphyr's message with line and column.
-        message: String,
-    },
-    /// A value that does not make sense.
-    #[error("config field `{field}`: {message}")]
-    Invalid {
-        /// Dotted path of the field.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+use signer_common::{check_host_port, invalid};
+pub use signer_common::{ConfigError, LogFormat};
 
 /// The configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -175,17 +142,6 @@ impl Default for HealthCheckConfig {
     }
 }
 
-/// Log format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// JSON lines.
-    Json,
-}
-
 fn default_user() -> String {
     "signer".into()
 }
@@ -304,26 +260,12 @@ pub struct Settings {
 impl Config {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        signer_common::load_file(path, Config::parse)
     }
 
     /// Parse and validate config text.
     pub fn parse(text: &str) -> Result<Settings, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string(),
-        })?;
-        config.validate()
+        signer_common::parse_yaml::<Config>(text)?.validate()
     }
 
     fn validate(self) -> Result<Settings, ConfigError> {
@@ -447,17 +389,6 @@ fn parse_pin(s: &str) -> Result<HostKeyPin, ConfigError> {
                 format!("neither SHA256:… nor an OpenSSH public key line: {e}"),
             )
         })
-}
-
-fn check_host_port(s: &str) -> Result<(), String> {
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
-    if host.is_empty() {
-        return Err(format!("{s:?}: empty host"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!("{s:?}: port must be 1-65535")),
-    }
 }
 
 #[cfg(test)]

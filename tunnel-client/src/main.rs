@@ -12,9 +12,6 @@ use signer_tunnel::{keys, probe, supervisor};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-/// EX_USAGE: bad configuration; systemd should not restart in a tight loop on it.
-const EXIT_CONFIG: u8 = 64;
-
 #[derive(Parser)]
 #[command(
     name = "signer-tunnel",
@@ -61,20 +58,6 @@ enum Command {
     },
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Keygen { out, comment }) = &cli.command {
@@ -98,16 +81,16 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("signer-tunnel: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(signer_common::EXIT_CONFIG);
         }
     };
-    init_tracing(cli.log_format.unwrap_or(settings.config.log_format));
+    signer_common::init_tracing(cli.log_format.unwrap_or(settings.config.log_format));
     let key = match keys::load(&settings.config.identity) {
         Ok(k) => Arc::new(k),
         Err(e) => {
             error!("{e}");
             eprintln!("signer-tunnel: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(signer_common::EXIT_CONFIG);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -126,7 +109,7 @@ fn main() -> ExitCode {
         _ => {
             info!(identity = %keys::fingerprint(&key), gateways = ?settings.config.gateways, "signer-tunnel starting");
             let shutdown = CancellationToken::new();
-            runtime.spawn(watch_signals(shutdown.clone()));
+            runtime.spawn(signer_common::cancel_on_signals(shutdown.clone()));
             runtime.block_on(supervisor::run(settings, key, shutdown));
             ExitCode::SUCCESS
         }
@@ -142,19 +125,6 @@ fn default_comment() -> String {
     } else {
         format!("signer-tunnel@{host}")
     }
-}
-
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
-    shutdown.cancel();
 }
 
 /// Connect once through the first uplink and gateway, printing each step.

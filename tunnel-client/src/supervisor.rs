@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::config::{BackoffConfig, Settings};
 use crate::notify;
 use crate::probe::probe;
-use crate::session::{Ended, Session, SessionError};
+use crate::session::{Closed, Ended, Session, SessionError};
 
 /// Jittered exponential backoff.
 pub struct Backoff {
@@ -246,19 +246,11 @@ async fn serve(
                     Some(pending) => pending.await.ok().filter(|new| new.uplink < session.uplink),
                     None => None,
                 };
-                let Some(mut new) = adopted else {
+                let Some(new) = adopted else {
                     return Outcome::Closed { uplink: session.uplink, up_for: session.since.elapsed(), ended };
                 };
-                stats.switches += 1;
-                info!(
-                    from = %session.uplink_name,
-                    to = %new.uplink_name,
-                    switches = stats.switches,
-                    took_ms = attempt_started.elapsed().as_millis() as u64,
-                    "uplink switch: a preferred uplink works again"
-                );
-                closed = new.take_closed();
-                session = new;
+                // The old session is already gone: nothing to close.
+                drop(switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed()));
                 report(&session, stats);
             }
             _ = health.tick() => {
@@ -294,7 +286,12 @@ async fn serve(
                 attempt_started = Instant::now();
                 attempt = Some(Box::pin(async move { connect_first(settings, key, &order, forward).await }));
             }
-            result = async { attempt.as_mut().expect("guarded by is_some").await }, if attempt.is_some() => {
+            result = async {
+                match attempt.as_mut() {
+                    Some(pending) => pending.await,
+                    None => std::future::pending().await,
+                }
+            }, if attempt.is_some() => {
                 attempt = None;
                 let Ok(mut new) = result else { continue };
                 if new.uplink >= session.uplink {
@@ -304,22 +301,32 @@ async fn serve(
                 if new.is_forwarding() && !session.is_forwarding() {
                     let _ = new.cancel_forward().await;
                 }
-                stats.switches += 1;
-                info!(
-                    from = %session.uplink_name,
-                    to = %new.uplink_name,
-                    switches = stats.switches,
-                    took_ms = attempt_started.elapsed().as_millis() as u64,
-                    "uplink switch: a preferred uplink works again"
-                );
-                let new_closed = new.take_closed();
-                let old = std::mem::replace(&mut session, new);
-                closed = new_closed;
+                let old = switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed());
                 old.close("moved to a preferred uplink").await;
                 report(&session, stats);
             }
         }
     }
+}
+
+/// Make `new` the current session (with its end signal); returns the old one.
+fn switch_to(
+    session: &mut Session,
+    closed: &mut Closed,
+    mut new: Session,
+    stats: &mut Stats,
+    took: Duration,
+) -> Session {
+    stats.switches += 1;
+    info!(
+        from = %session.uplink_name,
+        to = %new.uplink_name,
+        switches = stats.switches,
+        took_ms = took.as_millis() as u64,
+        "uplink switch: a preferred uplink works again"
+    );
+    *closed = new.take_closed();
+    std::mem::replace(session, new)
 }
 
 #[cfg(test)]
