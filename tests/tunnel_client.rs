@@ -1367,3 +1367,38 @@ async fn aarch64_body(rig: &mut Rig, qemu: &Path, bin: &Path) -> anyhow::Result<
     );
     Ok(())
 }
+
+rig_test!(
+    /// After a long gateway outage the client's backoff has grown to seconds; when the gateway
+    /// is back it must not wait that out: a cheap TCP check every second cuts the backoff short.
+    long_outage_recovers_without_waiting_out_the_backoff,
+    long_outage_recovers_without_waiting_out_the_backoff_body
+);
+
+async fn long_outage_recovers_without_waiting_out_the_backoff_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let mut config = rig.tunnel_config();
+    config.backoff_initial = Duration::from_secs(1);
+    config.backoff_max = Duration::from_secs(8);
+    rig.tunnel_up(&config, "127.0.0.1:").await?;
+    rig.sign_ok_by(Served::Pi).await?;
+
+    rig.gw.kill();
+    // Long enough for several failed attempts: the delay in force is now 2-8 s.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    rig.gw.restart().await?;
+    let ready = Instant::now();
+    rig.gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
+    let bound = Duration::from_secs(1) + SLACK;
+    let (ready_to_pi, traffic) = rig.until_pi_serves(bound).await?;
+    traffic.ensure_all_ok("after the outage")?;
+    let reachable = rig.tunnel()?.log_lines("reachable again");
+    anyhow::ensure!(
+        !reachable.is_empty(),
+        "the backoff was not cut short by the reachability check"
+    );
+    eprintln!(
+        "long outage: ready -> pi serving {ready_to_pi:?} (bound {bound:?}); since ready {:?}",
+        ready.elapsed()
+    );
+    Ok(())
+}

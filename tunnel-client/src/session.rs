@@ -249,6 +249,26 @@ async fn dial(addr: SocketAddr, uplink: &Uplink, settings: &Settings) -> std::io
     socket.connect(addr).await
 }
 
+/// Is any gateway accepting TCP connections over any uplink? A cheap check (a TCP connect,
+/// no SSH handshake) used to cut a long reconnect backoff short when the link comes back.
+pub async fn gateway_reachable(settings: &Settings, within: Duration) -> bool {
+    for up in &settings.uplinks {
+        for gw in &settings.config.gateways {
+            let Ok(Ok(addrs)) = tokio::time::timeout(within, tokio::net::lookup_host(gw.as_str())).await else {
+                continue;
+            };
+            let addr = addrs
+                .into_iter()
+                .find(|a| up.source.is_none_or(|s| s.is_ipv4() == a.is_ipv4()));
+            let Some(addr) = addr else { continue };
+            if let Ok(Ok(_)) = tokio::time::timeout(within, dial(addr, up, settings)).await {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 impl Session {
     /// Dial `gateway` over uplink number `uplink`, authenticate with `key`, and (if
     /// `forward`) request the remote forward. `progress` hears each step (for `check`).

@@ -174,7 +174,12 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
                 let _ = e;
                 warn!(retry_in = ?cfg.host_key_mismatch_retry, "no gateway could be reached with the pinned host key; retrying slowly");
                 notify::status("host key mismatch: not connecting");
-                cfg.host_key_mismatch_retry
+                // A plain sleep: the gateway being reachable is no reason to retry sooner.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(cfg.host_key_mismatch_retry) => {}
+                }
+                continue;
             }
             Err(e) => {
                 let d = backoff.next_delay();
@@ -185,7 +190,28 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = wait_backoff(&settings, delay) => {}
+        }
+    }
+}
+
+/// Sleep `delay`, but when it is long, check every second whether a gateway accepts TCP
+/// connections again and stop early if so: after a long outage the backoff has grown to
+/// seconds, and the link coming back should not wait it out. A TCP connect is cheap for both
+/// sides; the SSH handshakes that the backoff spaces out are not.
+async fn wait_backoff(settings: &Settings, delay: Duration) {
+    const CHECK_EVERY: Duration = Duration::from_secs(1);
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left <= CHECK_EVERY {
+            tokio::time::sleep(left).await;
+            return;
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+        if crate::session::gateway_reachable(settings, Duration::from_millis(500)).await {
+            info!("the gateway is reachable again: reconnecting now");
+            return;
         }
     }
 }

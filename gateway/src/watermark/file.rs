@@ -242,8 +242,12 @@ struct State {
     marks: BTreeMap<MarkKey, Entry>,
     /// The batch changes made now belong to; the writer takes it and increments.
     next_batch: u64,
-    /// Something changed since the writer last took a snapshot.
+    /// A mark changed since the writer last took a snapshot (someone waits for it).
     dirty: bool,
+    /// Only cached signatures changed: written with the next mark, or after
+    /// [`SIGNATURE_FLUSH_DELAY`] of quiet, never in a write of their own that the next mark
+    /// would have to queue behind.
+    signatures_dirty: bool,
     /// Requests waiting on the batch being collected (see [`gather`]).
     waiters: usize,
     /// Highest batch known durable.
@@ -353,6 +357,7 @@ impl FileStore {
                 .collect(),
             next_batch: 1,
             dirty: false,
+            signatures_dirty: false,
             waiters: 0,
             durable: 0,
             failed: 0,
@@ -458,14 +463,29 @@ fn writer_loop(dir: &Path, shared: &Shared, progress: &watch::Sender<Progress>) 
         let (batch, snapshot) = {
             let mut st = lock(&shared.state);
             while !st.dirty && !st.shutdown {
-                st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                if !st.signatures_dirty {
+                    st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                // Only signatures to keep: give the next mark a chance to carry them.
+                let (guard, timeout) = shared
+                    .wake
+                    .wait_timeout(st, SIGNATURE_FLUSH_DELAY)
+                    .unwrap_or_else(PoisonError::into_inner);
+                st = guard;
+                if timeout.timed_out() && !st.dirty {
+                    break;
+                }
             }
-            if !st.dirty {
+            if !st.dirty && !st.signatures_dirty {
                 return;
             }
-            st = gather(shared, st, released, last_write);
+            if st.dirty {
+                st = gather(shared, st, released, last_write);
+            }
             released = std::mem::take(&mut st.waiters);
             st.dirty = false;
+            st.signatures_dirty = false;
             let batch = st.next_batch;
             st.next_batch += 1;
             // Clone under the lock (cheap), encode and write outside it.
@@ -503,6 +523,11 @@ fn writer_loop(dir: &Path, shared: &Shared, progress: &watch::Sender<Progress>) 
         });
     }
 }
+
+/// How long signatures alone wait for a mark write to ride on before being written by
+/// themselves (a baker signs a block, a preattestation and an attestation per level within a
+/// short burst, so they usually ride along).
+const SIGNATURE_FLUSH_DELAY: Duration = Duration::from_millis(200);
 
 /// Longest a batch is held open for stragglers (see [`gather`]).
 const MAX_GATHER: Duration = Duration::from_micros(500);
@@ -587,22 +612,20 @@ impl WatermarkStore for FileStore {
         signature: &'a str,
     ) -> BoxFuture<'a, Result<(), WatermarkError>> {
         Box::pin(async move {
-            let staged = {
-                let mut guard = lock(&self.shared.state);
-                let st = &mut *guard;
-                match st.marks.get_mut(&req.key) {
-                    Some(e) if is_mark_of(&e.mark, req) && e.mark.signature.is_none() => {
-                        e.mark.signature = Some(signature.to_owned());
-                        // Written with the next batch, not waited for: the mark is already
-                        // durable, the signature only saves asking a signer again.
-                        st.dirty = true;
-                        true
+            let mut guard = lock(&self.shared.state);
+            let st = &mut *guard;
+            if let Some(e) = st.marks.get_mut(&req.key) {
+                if is_mark_of(&e.mark, req) && e.mark.signature.is_none() {
+                    e.mark.signature = Some(signature.to_owned());
+                    // Written with the next batch, not waited for: the mark is already durable,
+                    // the signature only saves asking a signer again. Not written at once
+                    // either (the next mark would queue behind that write): the writer is only
+                    // told to flush after a quiet moment (see `writer_loop`).
+                    if !st.signatures_dirty {
+                        st.signatures_dirty = true;
+                        self.shared.wake.notify_one();
                     }
-                    _ => false,
                 }
-            };
-            if staged {
-                self.shared.wake.notify_one();
             }
             Ok(())
         })
@@ -748,6 +771,29 @@ mod tests {
         .await;
     }
 
+    #[tokio::test]
+    async fn signatures_ride_along_or_are_flushed_after_a_quiet_moment() {
+        let (dir, store) = open_new();
+        let key = |n: u8| MarkKey {
+            chain: chain(0),
+            pkh: pkh(n),
+            kind: Kind::Attestation,
+        };
+        let first = req(key(1), 10, 0, 1);
+        assert_eq!(store.check_and_record(&first).await, Ok(Outcome::Recorded));
+        store.record_signature(&first, SIG).await.expect("signature");
+        // The next mark carries the first signature in its own (waited-for) write.
+        let second = req(key(2), 10, 0, 2);
+        assert_eq!(store.check_and_record(&second).await, Ok(Outcome::Recorded));
+        assert_eq!(on_disk(dir.path())[&key(1)].signature.as_deref(), Some(SIG));
+        // A signature with no mark after it is written once things are quiet.
+        store.record_signature(&second, SIG).await.expect("signature");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while on_disk(dir.path())[&key(2)].signature.is_none() {
+            assert!(Instant::now() < deadline, "the signature was never flushed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     #[tokio::test]
     async fn reopen_preserves_marks_and_signatures() {
         let (dir, store) = open_new();
