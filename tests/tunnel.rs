@@ -803,7 +803,7 @@ async fn closed_tunnel_fails_over_at_once_body(rig: &mut Rig) -> anyhow::Result<
 
 rig_test!(
     /// Two live devices sharing one key keep replacing each other's session: beyond
-    /// `ssh.max_replacements_per_minute` (3) the gateway counts a storm and logs an error
+    /// `ssh.max_replacements_per_minute` (6) the gateway counts a storm and logs an error
     /// naming the likely cause, so an alert fires instead of a silent flap.
     replacement_storm_is_reported,
     replacement_storm_is_reported_body
@@ -811,7 +811,7 @@ rig_test!(
 
 async fn replacement_storm_is_reported_body(rig: &mut Rig) -> anyhow::Result<()> {
     let mut clients = Vec::new();
-    for round in 0..5u32 {
+    for round in 0..8u32 {
         let mut c = rig.tunnel_via(rig.ssh, &[])?;
         c.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
         // Each new session takes the route from the previous one.
@@ -831,7 +831,7 @@ async fn replacement_storm_is_reported_body(rig: &mut Rig) -> anyhow::Result<()>
         .await?;
     anyhow::ensure!(
         storms >= 1.0,
-        "4 replacements within a minute were not reported as a storm ({storms})"
+        "7 replacements within a minute were not reported as a storm ({storms})"
     );
     let log = rig.gw.log();
     anyhow::ensure!(

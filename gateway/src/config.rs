@@ -242,7 +242,8 @@ pub struct SshConfig {
     #[serde(default = "default_channel_open_timeout", with = "humantime_serde")]
     pub channel_open_timeout: Duration,
     /// More replacements of one signer's session than this within a minute is reported as
-    /// two devices sharing one key (default 3).
+    /// two devices sharing one key (default 6: an uplink switching back and forth stays
+    /// below it; two devices fighting over one key replace each other every few seconds).
     #[serde(default = "default_max_replacements_per_minute")]
     pub max_replacements_per_minute: u32,
 }
@@ -306,7 +307,7 @@ fn default_channel_open_timeout() -> Duration {
     Duration::from_secs(1)
 }
 fn default_max_replacements_per_minute() -> u32 {
-    3
+    6
 }
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 6732))
