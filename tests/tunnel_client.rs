@@ -1402,3 +1402,67 @@ async fn long_outage_recovers_without_waiting_out_the_backoff_body(rig: &mut Rig
     );
     Ok(())
 }
+
+rig_test!(
+    /// systemd `Type=notify`: READY=1 only once the forward is accepted, STATUS lines naming
+    /// the uplink and the state, WATCHDOG=1 pings when WatchdogSec is set, STOPPING=1 on
+    /// SIGTERM. The notify socket is a real unix datagram socket, as systemd's.
+    systemd_notifications,
+    systemd_notifications_body
+);
+
+async fn systemd_notifications_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let sock_path = rig.dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path)?;
+    let config = rig.tunnel_config();
+    let client = TunnelClient::start_with_env(
+        rig.dir.path(),
+        &config,
+        &[("NOTIFY_SOCKET", path_str(&sock_path)?), ("WATCHDOG_USEC", "400000")],
+    )?;
+    let mut messages: Vec<String> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + CONNECT_SETTLE;
+    // Collect until READY=1 and at least two watchdog pings have arrived.
+    while !(messages.iter().any(|m| m.contains("READY=1"))
+        && messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(!left.is_zero(), "notifications so far: {messages:?}");
+        if let Ok(Ok(n)) = tokio::time::timeout(left, sock.recv(&mut buf)).await {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let ready_at = messages.iter().position(|m| m.contains("READY=1")).unwrap_or(0);
+    let status_before_ready = messages[..ready_at].iter().any(|m| m.contains("STATUS=serving"));
+    let status = messages
+        .iter()
+        .find(|m| m.contains("STATUS=serving"))
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        status.contains("via default") && status.contains(&format!("to {}", config.gateways[0])),
+        "STATUS names the uplink and the gateway: {messages:?}"
+    );
+    anyhow::ensure!(
+        status_before_ready || messages[ready_at].contains("STATUS="),
+        "{messages:?}"
+    );
+    // READY means the route exists: the gateway already shows the tunnel.
+    anyhow::ensure!(rig.tunnel_status().await?["connected"] == true);
+    rig.tunnel = Some(client);
+    rig.tunnel
+        .as_mut()
+        .context("client")?
+        .terminate(Duration::from_secs(10))
+        .await?;
+    let mut stopping = false;
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    anyhow::ensure!(stopping, "no STOPPING=1 on SIGTERM");
+    Ok(())
+}
