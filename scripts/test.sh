@@ -16,9 +16,9 @@ cargo build --workspace --bins
 
 # Two cores: more parallel tests would only make the timing-sensitive ones slower.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --test-threads 2 --no-fail-fast "$@"
-  # nextest does not run doctests.
+  # nextest does not run doctests: run them first, so nextest's summary is the last word.
   cargo test --workspace --doc -q
+  cargo nextest run --workspace --test-threads 2 --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@" -- --test-threads 2
 fi
