@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Policy;
 use crate::metrics::Metrics;
-use crate::payload::{self, Kind, Payload, PayloadError};
+use crate::payload::{self, Payload, PayloadError};
 use crate::pool::{AttemptFailure, Pool, PoolError, Verdict};
 use crate::tezos::{blake2b_256, Pkh, PublicKey, TezosError};
 use crate::watermark::{MarkKey, MarkRequest, Outcome, WatermarkError, WatermarkStore};
@@ -432,17 +432,6 @@ impl Signing {
             })
             .await?;
         Ok((status, body))
-    }
-
-    /// Kinds the policy lets `pkh` sign (for logs and status).
-    pub fn allowed_kinds(&self, pkh: Pkh) -> Vec<Kind> {
-        self.policy
-            .keys
-            .get(&pkh)
-            .map_or(&self.policy.default_kinds, |k| &k.kinds)
-            .iter()
-            .copied()
-            .collect()
     }
 }
 

@@ -3,7 +3,7 @@
 //! connecting it to the local signer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,6 @@ struct ClientHandler {
     mismatch: Arc<Mutex<Option<String>>>,
     signer: Arc<str>,
     closed: Option<oneshot::Sender<Ended>>,
-    channels: Arc<AtomicUsize>,
     /// Last time a refused local connection was logged at warn (ms since the Unix epoch).
     last_refusal_log: Arc<AtomicU64>,
 }
@@ -133,7 +132,6 @@ impl client::Handler for ClientHandler {
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         let signer = Arc::clone(&self.signer);
-        let channels = Arc::clone(&self.channels);
         let last_log = Arc::clone(&self.last_refusal_log);
         let log_refusal = move |what: String| {
             let now = now_ms();
@@ -154,12 +152,10 @@ impl client::Handler for ClientHandler {
                 Ok(Ok(mut tcp)) => {
                     let _ = tcp.set_nodelay(true);
                     reply.accept().await;
-                    channels.fetch_add(1, Ordering::Relaxed);
                     let mut stream = channel.into_stream();
                     if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
                         debug!(error = %e, "forwarded channel ended");
                     }
-                    channels.fetch_sub(1, Ordering::Relaxed);
                 }
                 Ok(Err(e)) => {
                     log_refusal(format!("local signer {signer} refused a forwarded connection: {e}"));
@@ -227,7 +223,6 @@ pub struct Session {
     pub gateway: String,
     /// When the session was set up.
     pub since: Instant,
-    channels: Arc<AtomicUsize>,
 }
 
 /// Open a TCP connection to `addr` bound to `uplink`.
@@ -322,13 +317,11 @@ impl Session {
         });
         let mismatch = Arc::new(Mutex::new(None));
         let (closed_tx, closed) = oneshot::channel();
-        let channels = Arc::new(AtomicUsize::new(0));
         let handler = ClientHandler {
             pin: Arc::new(settings.pin.clone()),
             mismatch: Arc::clone(&mismatch),
             signer: Arc::from(cfg.signer.as_str()),
             closed: Some(closed_tx),
-            channels: Arc::clone(&channels),
             last_refusal_log: Arc::new(AtomicU64::new(0)),
         };
         let connected = tokio::time::timeout(deadline, client::connect_stream(config, stream, handler)).await;
@@ -376,7 +369,6 @@ impl Session {
             uplink_name: up.name,
             gateway: gateway.to_string(),
             since: Instant::now(),
-            channels,
         };
         if forward {
             tokio::time::timeout(deadline, session.request_forward())
@@ -412,11 +404,6 @@ impl Session {
     /// True while the forward is requested.
     pub fn is_forwarding(&self) -> bool {
         self.forwarding
-    }
-
-    /// Channels currently being served.
-    pub fn active_channels(&self) -> usize {
-        self.channels.load(Ordering::Relaxed)
     }
 
     /// The end of this session, to await separately from the session itself: resolves with
