@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
 use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use gateway_e2e::harness::{attestation, Client, Gateway, TestSignerProcess, READY_PREFIX, TEST_CHAIN};
+use gateway_e2e::harness::{attestation, Client, Gateway, TestSignerProcess, TEST_CHAIN};
 use gateway_e2e::ssh_client::{ssh_bin, SshClient, SshKey, ALLOCATED};
 use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
 use gateway_e2e::tunnel_harness::{run_to_end, target_dir, tunnel_bin, tunnel_command, TunnelClient, TunnelConfig};
@@ -441,24 +441,6 @@ fn mean_between(a: (f64, f64), b: (f64, f64)) -> Option<Duration> {
 
 const WATERMARK_METRIC: &str = "signer_gateway_watermark_duration_seconds";
 const SIGN_METRIC: &str = "signer_gateway_sign_duration_seconds";
-
-/// `ssh=<addr>` and `host_key=<fp>` from the gateway's ready line.
-fn ssh_from_ready_line(gw: &Gateway) -> anyhow::Result<(SocketAddr, String)> {
-    let stdout = gw.stdout();
-    let line = stdout
-        .iter()
-        .find(|l| l.starts_with(READY_PREFIX))
-        .context("no ready line on the gateway's stdout")?;
-    let word = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .with_context(|| format!("no {key} in {line:?}"))
-    };
-    let ssh = word("ssh=")?
-        .parse()
-        .with_context(|| format!("ssh address in {line:?}"))?;
-    Ok((ssh, word("host_key=")?.to_string()))
-}
 
 /// `signer-tunnel keygen` into `dir`: (private key path, public key line).
 async fn keygen(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
@@ -1060,14 +1042,14 @@ async fn run_scenario(env: &LatencyEnv<'_>, s: Scenario) -> anyhow::Result<(Vec<
                 .with_context(|| format!("starting the gateway for {}", s.label()))?;
             match s.path {
                 Path1::Tunnel => {
-                    let (ssh, host_key) = ssh_from_ready_line(&g)?;
+                    let (ssh, host_key) = g.ssh_endpoint()?;
                     let cfg = example_client_config(ssh, &host_key, env.identity, env.signer.addr());
                     let dir = env.work.join(format!("client-{:?}", s.store).to_lowercase());
                     fs::create_dir_all(&dir)?;
                     tunnel = Some(TunnelProc::Ours(TunnelClient::start(&dir, &cfg)?));
                 }
                 Path1::OpenSsh => {
-                    let (ssh, _) = ssh_from_ready_line(&g)?;
+                    let (ssh, _) = g.ssh_endpoint()?;
                     let key = SshKey {
                         private: env.identity.to_path_buf(),
                         public: env.public.to_string(),
@@ -1678,7 +1660,7 @@ impl Rig {
         let yaml = fault_gateway_yaml(p, public, backup.addr());
         let gw = Gateway::start(&yaml).await.context("starting the gateway")?;
         let settings = describe_gateway(&yaml, gw.dir())?;
-        let (ssh, host_key) = ssh_from_ready_line(&gw)?;
+        let (ssh, host_key) = gw.ssh_endpoint()?;
         gw.wait_signers_up(&["backup"], SETTLE).await?;
         // Connect from each client's own address, so /status shows which uplink is in use.
         let proxy = FaultProxy::start_with(ProxyOptions {

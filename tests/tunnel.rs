@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use gateway_e2e::harness::{attestation, eventually, Client, Gateway, READY_PREFIX, TEST_CHAIN};
+use gateway_e2e::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
 use gateway_e2e::ssh_client::{ssh_bin, ssh_keygen_bin, SshClient, SshKey, ALLOCATED};
 use gateway_e2e::test_signer::{seed, TestSigner, TestSignerHandle, TestSignerOptions};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
 use signer_gateway::tezos::Pkh;
 use tempfile::TempDir;
@@ -111,7 +111,7 @@ impl Rig {
         let pi = TestSigner::spawn(options.clone()).await?;
         let backup = TestSigner::spawn(options).await?;
         let gw = Gateway::start_in(dir.path(), &config(&key.public, backup.addr())).await?;
-        let (ssh, host_key) = ssh_from_ready_line(&gw.stdout())?;
+        let (ssh, host_key) = gw.ssh_endpoint()?;
         gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
         let pkh = pi.pkhs()[0];
         Ok(Rig {
@@ -167,23 +167,9 @@ impl Rig {
             .with_context(|| format!("no ssh.tunnels entry for pi in /status: {status}"))
     }
 
-    /// The value of one series in `/metrics` (0 when absent), e.g.
-    /// `metric("signer_gateway_ssh_sessions_total", "result", "accepted")`.
+    /// The value of one series in `/metrics` (0 when absent).
     async fn metric(&self, name: &str, label: &str, value: &str) -> anyhow::Result<f64> {
-        let reply = self
-            .client
-            .raw(Method::GET, &self.gw.admin_url("/metrics"), "", &[])
-            .await?;
-        anyhow::ensure!(reply.status == StatusCode::OK, "GET /metrics: {}", reply.status);
-        let series = format!("{name}{{{label}=\"{value}\"}}");
-        for line in reply.text().lines() {
-            if let Some((s, v)) = line.rsplit_once(' ') {
-                if s == series {
-                    return v.parse().with_context(|| format!("value of {line:?}"));
-                }
-            }
-        }
-        Ok(0.0)
+        self.gw.metric(name, label, value).await
     }
 
     /// Sign a fresh attestation (next level) and tell who served it.
@@ -236,23 +222,6 @@ impl Rig {
             panic!("{e:#}\n(gateway dir {})", self.dir.path().display());
         }
     }
-}
-
-/// `ssh=<addr>` and `host_key=<fp>` from the gateway's ready line.
-fn ssh_from_ready_line(stdout: &[String]) -> anyhow::Result<(SocketAddr, String)> {
-    let line = stdout
-        .iter()
-        .find(|l| l.starts_with(READY_PREFIX))
-        .context("no ready line on the gateway's stdout")?;
-    let word = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .with_context(|| format!("no {key} in {line:?}"))
-    };
-    let ssh = word("ssh=")?
-        .parse()
-        .with_context(|| format!("ssh address in {line:?}"))?;
-    Ok((ssh, word("host_key=")?.to_string()))
 }
 
 /// Runs `body` on a fresh rig; on error, panics with the message (and the gateway log tail).

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use gateway_e2e::harness::{attestation, eventually, Client, Gateway, TestSignerProcess, READY_PREFIX, TEST_CHAIN};
+use gateway_e2e::harness::{attestation, eventually, Client, Gateway, TestSignerProcess, TEST_CHAIN};
 use gateway_e2e::ssh_client::SshKey;
 use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
 use gateway_e2e::tunnel_harness::{run_to_end, target_dir, tunnel_command, Finished, TunnelClient, TunnelConfig};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
 use signer_gateway::tezos::Pkh;
 use tempfile::TempDir;
@@ -96,23 +96,6 @@ log_format: text
         GW_KEEPALIVE_INTERVAL.as_millis(),
         REQUEST_TIMEOUT.as_millis(),
     )
-}
-
-/// `ssh=<addr>` and `host_key=<fp>` from the gateway's ready line.
-fn ssh_from_ready_line(stdout: &[String]) -> anyhow::Result<(SocketAddr, String)> {
-    let line = stdout
-        .iter()
-        .find(|l| l.starts_with(READY_PREFIX))
-        .context("no ready line on the gateway's stdout")?;
-    let word = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .with_context(|| format!("no {key} in {line:?}"))
-    };
-    let ssh = word("ssh=")?
-        .parse()
-        .with_context(|| format!("ssh address in {line:?}"))?;
-    Ok((ssh, word("host_key=")?.to_string()))
 }
 
 /// Who signed a payload, going by the signers' `last_sign_hex`.
@@ -249,7 +232,7 @@ impl Rig {
         .await?;
         let ssh_port = free_port()?;
         let gw = Gateway::start_in(dir.path(), &gateway_config(ssh_port, &key.public, backup.addr())).await?;
-        let (ssh, host_key) = ssh_from_ready_line(&gw.stdout())?;
+        let (ssh, host_key) = gw.ssh_endpoint()?;
         anyhow::ensure!(ssh.port() == ssh_port, "ssh listens on {ssh}, configured {ssh_port}");
         gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
         let proxy = FaultProxy::start_with(ProxyOptions {
@@ -320,20 +303,7 @@ impl Rig {
 
     /// The value of one series in `/metrics` (0 when absent).
     async fn metric(&self, name: &str, label: &str, value: &str) -> anyhow::Result<f64> {
-        let reply = self
-            .http
-            .raw(Method::GET, &self.gw.admin_url("/metrics"), "", &[])
-            .await?;
-        anyhow::ensure!(reply.status == StatusCode::OK, "GET /metrics: {}", reply.status);
-        let series = format!("{name}{{{label}=\"{value}\"}}");
-        for line in reply.text().lines() {
-            if let Some((s, v)) = line.rsplit_once(' ') {
-                if s == series {
-                    return v.parse().with_context(|| format!("value of {line:?}"));
-                }
-            }
-        }
-        Ok(0.0)
+        self.gw.metric(name, label, value).await
     }
 
     /// Sign a fresh attestation (next level) and tell who served it.
@@ -578,7 +548,7 @@ async fn gateway_restart_client_returns_within_backoff_body(rig: &mut Rig) -> an
     let killed = Instant::now();
     rig.gw.restart().await?;
     let ready = Instant::now();
-    let (ssh, host_key) = ssh_from_ready_line(&rig.gw.stdout())?;
+    let (ssh, host_key) = rig.gw.ssh_endpoint()?;
     anyhow::ensure!(
         ssh == rig.ssh && host_key == rig.host_key,
         "the restarted gateway moved: {ssh} {host_key} (was {} {})",
@@ -1077,7 +1047,7 @@ async fn host_key_mismatch_on_one_gateway_does_not_block_the_others_body(rig: &m
         &gateway_config(free_port()?, &rig.key.public, rig.backup.addr()),
     )
     .await?;
-    let (decoy_ssh, decoy_fp) = ssh_from_ready_line(&decoy.stdout())?;
+    let (decoy_ssh, decoy_fp) = decoy.ssh_endpoint()?;
     anyhow::ensure!(decoy_fp != rig.host_key);
     let mut config = rig.tunnel_config();
     config.gateways = vec![decoy_ssh, rig.proxy.addr()];

@@ -199,6 +199,42 @@ impl Gateway {
         Ok(body)
     }
 
+    /// The SSH broker's address and host key fingerprint, from the ready line
+    /// (`… ssh=<addr> host_key=SHA256:…`).
+    pub fn ssh_endpoint(&self) -> anyhow::Result<(SocketAddr, String)> {
+        let stdout = self.stdout();
+        let line = stdout
+            .iter()
+            .find(|l| l.starts_with(READY_PREFIX))
+            .context("no ready line on the gateway's stdout")?;
+        let word = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .with_context(|| format!("no {key} in {line:?}"))
+        };
+        let ssh = word("ssh=")?
+            .parse()
+            .with_context(|| format!("ssh address in {line:?}"))?;
+        Ok((ssh, word("host_key=")?.to_string()))
+    }
+
+    /// The value of one series in `/metrics` (0 when absent), e.g.
+    /// `metric("signer_gateway_ssh_sessions_total", "result", "accepted")`.
+    pub async fn metric(&self, name: &str, label: &str, value: &str) -> anyhow::Result<f64> {
+        let (code, body) = self.client.get(&self.admin_url("/metrics")).await?;
+        anyhow::ensure!(code.is_success(), "GET /metrics: {code}");
+        let text = body.as_str().unwrap_or_default();
+        let series = format!("{name}{{{label}=\"{value}\"}}");
+        for line in text.lines() {
+            if let Some((s, v)) = line.rsplit_once(' ') {
+                if s == series {
+                    return v.parse().with_context(|| format!("value of {line:?}"));
+                }
+            }
+        }
+        Ok(0.0)
+    }
+
     /// The `state` (`up`, `down`, `unknown`) of signer `name` in `/status`.
     pub async fn signer_state(&self, name: &str) -> anyhow::Result<String> {
         let status = self.status().await?;
