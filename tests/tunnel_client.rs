@@ -1293,9 +1293,7 @@ async fn aarch64_build_under_qemu() {
         _ => None,
     };
     if let Some(why) = skip {
-        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!("!! SKIPPED aarch64_build_under_qemu: {why}");
-        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        gateway_e2e::harness::skip_unless_ci("aarch64_build_under_qemu", &why);
         return;
     }
     let qemu = qemu.unwrap();

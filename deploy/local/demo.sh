@@ -16,8 +16,15 @@ cd "$(dirname "$0")/../.."
 
 profile=${BUILD_PROFILE:-debug}
 flag=""; [ "$profile" = release ] && flag="--release"
-echo "== building (cargo build $flag --bins)"
-cargo build $flag --bins -q
+for tool in cargo python3 curl; do
+  command -v "$tool" >/dev/null 2>&1 || {
+    echo "demo: $tool is missing (scripts/install-deps.sh installs what the project needs)" >&2
+    exit 1
+  }
+done
+# The gateway, the tunnel client and the test signer live in three packages of the workspace.
+echo "== building (cargo build $flag --workspace --bins)"
+cargo build $flag --workspace --bins -q
 bin=target/$profile
 
 work=$(mktemp -d /tmp/signer-demo.XXXXXX)

@@ -37,3 +37,14 @@ pub fn assert_error_trace(body: &serde_json::Value) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Skip a test whose tool is missing: loudly on a developer's machine, and as a failure under
+/// CI (`CI` set), where `scripts/install-deps.sh` must have installed every tool a test needs,
+/// so that a missing package can never turn into a green run that tested less.
+pub fn skip_unless_ci(test: &str, why: &str) {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{test} cannot run under CI: {why} (scripts/install-deps.sh should have installed it)");
+    }
+    let bar = "!".repeat(80);
+    eprintln!("\n{bar}\n!! SKIPPED {test}: {why}\n{bar}\n");
+}
