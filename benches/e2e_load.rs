@@ -742,6 +742,7 @@ fn main() -> ExitCode {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             seeds: (1..=max_clients).map(|n| seed(n as u8)).collect(),
             mode: Mode::Ok,
+            ..Default::default()
         }))
         .expect("starting the test signer");
     let pkhs: Vec<String> = signer.pkhs().iter().map(|p| p.to_string()).collect();

@@ -1,17 +1,22 @@
 //! A real octez-compatible remote signer for tests: HTTP/1.1 (hyper, keep-alive on), real
-//! ed25519 keys from fixed seeds, and fault modes switchable at runtime.
+//! ed25519 (tz1) and BLS12-381 (tz4) keys from fixed seeds, and fault modes switchable at
+//! runtime.
 //!
-//! # Protocol (as octez-signer, `protocol.md` section 1)
+//! # Protocol (as octez-signer, `protocol.md` sections 1 and 5)
 //! - `GET /authorized_keys` → `{}`
-//! - `GET /keys/<pkh>` → `{"public_key":"edpk…"}`, 404 for an unknown key
+//! - `GET /keys/<pkh>` → `{"public_key":"edpk…"}` (or `BLpk…`), 404 for an unknown key
 //! - `POST /keys/<pkh>[?version=..&authentication=..]`, body a JSON string of hex (magic byte
 //!   included, trailing newline accepted, `Content-Length` or chunked) →
-//!   `{"signature":"edsig…"}`: ed25519 over blake2b-256 of the bytes. 400 on a bad body.
+//!   `{"signature":"edsig…"}`: ed25519 over blake2b-256 of the bytes; for tz4 `BLsig…` over
+//!   the bytes themselves, augmented for `version=1`, proof of possession for 2, 3 or none.
+//!   400 on a bad body or version.
+//! - `GET /bls_prove_possession/<pkh>[?bls_pk=BLpk…]` → `{"bls_prove_possession":"BLsig…"}`.
 //!
 //! Errors are octez error traces: `[{"kind":"temporary","id":"…","msg":"…"}]`.
 //!
 //! # Fault modes ([`Mode`])
-//! `ok`, `slow:<ms>`, `fail`, `fail-sign`, `hang`, `wrong-sig`, `refuse`: see the variants.
+//! `ok`, `slow:<ms>`, `fail`, `fail-sign`, `hang`, `wrong-sig`, `wrong-scheme`, `refuse`: see
+//! the variants.
 //! Modes apply to protocol paths only, never to the control endpoints.
 //!
 //! # Control endpoints (outside the protocol)
@@ -36,7 +41,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use signer_gateway::tezos::{self, Pkh, PublicKey};
+use signer_gateway::tezos::{self, BlsPublicKey, BlsScheme, Pkh, PublicKey};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -74,37 +79,99 @@ pub fn parse_seed(s: &str) -> Result<[u8; 32], String> {
         .map_err(|_| format!("seed {s:?}: expected 64 hex digits, an edsk… seed or an integer 0..=255"))
 }
 
-/// An ed25519 signing key with its Tezos names.
+/// The deterministic tz4 test key number `n`: octez's key generation (`blst` KeyGen) from
+/// the seed `[n; 32]`.
+pub fn bls_key_from_seed(n: u8) -> TestKey {
+    TestKey::bls_from_ikm(seed(n))
+}
+
+/// Parse a tz4 key given on a command line: a `BLsk…` secret key (octez's little-endian
+/// scalar), 64 hex digits of key-generation input, or a small integer `n` for
+/// [`bls_key_from_seed`]`(n)`.
+pub fn parse_bls_key(s: &str) -> Result<TestKey, String> {
+    let s = s.trim();
+    if s.starts_with("BLsk") {
+        return TestKey::from_blsk(s);
+    }
+    let ikm = parse_seed(s)
+        .map_err(|_| format!("tz4 key {s:?}: expected a BLsk… secret key, 64 hex digits or an integer 0..=255"))?;
+    Ok(TestKey::bls_from_ikm(ikm))
+}
+
+/// The secret half of a [`TestKey`].
+#[derive(Clone)]
+enum Secret {
+    Ed25519 { seed: [u8; 32], key: SigningKey },
+    Bls(blst::min_pk::SecretKey),
+}
+
+/// A signing key (ed25519 or BLS12-381) with its Tezos names.
 #[derive(Clone)]
 pub struct TestKey {
-    seed: [u8; 32],
-    signing: SigningKey,
+    secret: Secret,
     public_key: PublicKey,
     pkh: Pkh,
 }
 
 impl TestKey {
-    /// The key whose 32-byte ed25519 seed is `seed`.
+    /// The tz1 key whose 32-byte ed25519 seed is `seed`.
     pub fn from_seed(seed: [u8; 32]) -> TestKey {
-        let signing = SigningKey::from_bytes(&seed);
-        let public_key = PublicKey::Ed25519(signing.verifying_key().to_bytes());
+        let key = SigningKey::from_bytes(&seed);
+        let public_key = PublicKey::Ed25519(key.verifying_key().to_bytes());
+        TestKey::new(Secret::Ed25519 { seed, key }, public_key)
+    }
+
+    /// The tz4 key octez generates from the key-generation input `ikm` (`Bls.generate_key
+    /// ~seed`, which is blst's KeyGen with an empty key info).
+    pub fn bls_from_ikm(ikm: [u8; 32]) -> TestKey {
+        // KeyGen fails only for input shorter than 32 bytes.
+        let sk = blst::min_pk::SecretKey::key_gen(&ikm, &[]).expect("32 bytes of key-generation input");
+        TestKey::bls(sk)
+    }
+
+    /// The tz4 key of an octez `BLsk…` secret key (a little-endian scalar).
+    pub fn from_blsk(s: &str) -> Result<TestKey, String> {
+        let mut scalar = tezos::decode_bls_secret_key(s).map_err(|e| format!("secret key {s:?}: {e}"))?;
+        // blst reads scalars big-endian.
+        scalar.reverse();
+        let sk = blst::min_pk::SecretKey::from_bytes(&scalar)
+            .map_err(|e| format!("secret key {s:?}: not a valid scalar ({e:?})"))?;
+        Ok(TestKey::bls(sk))
+    }
+
+    fn bls(sk: blst::min_pk::SecretKey) -> TestKey {
+        let pk = BlsPublicKey::from_bytes(&sk.sk_to_pk().compress()).expect("a public key made by blst is valid");
+        TestKey::new(Secret::Bls(sk), PublicKey::Bls(pk))
+    }
+
+    fn new(secret: Secret, public_key: PublicKey) -> TestKey {
         let pkh = public_key.hash();
         TestKey {
-            seed,
-            signing,
+            secret,
             public_key,
             pkh,
         }
     }
 
-    /// The seed.
-    pub fn seed(&self) -> [u8; 32] {
-        self.seed
+    /// The ed25519 seed (`None` for a tz4 key).
+    pub fn seed(&self) -> Option<[u8; 32]> {
+        match &self.secret {
+            Secret::Ed25519 { seed, .. } => Some(*seed),
+            Secret::Bls(_) => None,
+        }
     }
 
-    /// The seed as `edsk…` (what `octez-client import secret key` takes as `unencrypted:`).
-    pub fn edsk(&self) -> String {
-        tezos::encode_ed25519_seed(&self.seed)
+    /// The secret key as octez writes it: `edsk…` (the 32-byte seed form that
+    /// `octez-client import secret key` takes as `unencrypted:`) or `BLsk…`.
+    pub fn secret_key(&self) -> String {
+        match &self.secret {
+            Secret::Ed25519 { seed, .. } => tezos::encode_ed25519_seed(seed),
+            Secret::Bls(sk) => {
+                let mut scalar = sk.to_bytes();
+                scalar.reverse();
+                tezos::encode_bls_secret_key(&scalar)
+            }
+        }
     }
 
     /// The key hash (`tz1…`).
@@ -117,10 +184,38 @@ impl TestKey {
         &self.public_key
     }
 
-    /// Sign as octez does: ed25519 over blake2b-256 of `bytes`; returns `edsig…`.
+    /// Sign as octez does today: ed25519 over blake2b-256 of `bytes` (`edsig…`), BLS over
+    /// the bytes under the proof-of-possession scheme (`BLsig…`).
     pub fn sign(&self, bytes: &[u8]) -> String {
-        let sig = self.signing.sign(&tezos::blake2b_256(bytes));
-        tezos::encode_ed25519_signature(&sig.to_bytes())
+        self.sign_as(bytes, BlsScheme::ProofOfPossession)
+    }
+
+    /// [`TestKey::sign`] under a given BLS scheme (ignored by ed25519 keys).
+    pub fn sign_as(&self, bytes: &[u8], scheme: BlsScheme) -> String {
+        match &self.secret {
+            Secret::Ed25519 { key, .. } => {
+                tezos::encode_ed25519_signature(&key.sign(&tezos::blake2b_256(bytes)).to_bytes())
+            }
+            Secret::Bls(sk) => {
+                let aug: &[u8] = match &self.public_key {
+                    PublicKey::Bls(pk) if scheme == BlsScheme::Augmented => pk.bytes(),
+                    _ => &[],
+                };
+                tezos::encode_bls_signature(&sk.sign(bytes, scheme.dst(), aug).compress())
+            }
+        }
+    }
+
+    /// A BLS proof of possession: over this key's compressed public key, or over `over`.
+    /// `None` for an ed25519 key.
+    pub fn prove_possession(&self, over: Option<&BlsPublicKey>) -> Option<String> {
+        let (Secret::Bls(sk), PublicKey::Bls(own)) = (&self.secret, &self.public_key) else {
+            return None;
+        };
+        let msg = over.unwrap_or(own).bytes();
+        Some(tezos::encode_bls_signature(
+            &sk.sign(msg, tezos::bls::DST_POP_PROVE, &[]).compress(),
+        ))
     }
 }
 
@@ -148,8 +243,11 @@ pub enum Mode {
     FailSign,
     /// Accept the connection, read the request, never answer (every protocol path).
     Hang,
-    /// Answer signing requests with a well-formed `edsig…` of this key over other bytes.
+    /// Answer signing requests with a well-formed signature of this key over other bytes.
     WrongSig,
+    /// tz4 keys sign with the other BLS scheme than the request asked for (a signer with
+    /// the wrong `version` handling); tz1 keys sign correctly.
+    WrongScheme,
     /// 403 on `POST /keys/…`, like a Ledger whose user refused.
     Refuse,
 }
@@ -164,12 +262,13 @@ impl FromStr for Mode {
             "fail-sign" => Mode::FailSign,
             "hang" => Mode::Hang,
             "wrong-sig" => Mode::WrongSig,
+            "wrong-scheme" => Mode::WrongScheme,
             "refuse" => Mode::Refuse,
             _ => match s.strip_prefix("slow:").map(str::parse::<u64>) {
                 Some(Ok(ms)) => Mode::Slow(Duration::from_millis(ms)),
                 _ => {
                     return Err(format!(
-                        "unknown mode {s:?}: expected ok, slow:<ms>, fail, fail-sign, hang, wrong-sig or refuse"
+                        "unknown mode {s:?}: expected ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme or refuse"
                     ))
                 }
             },
@@ -186,6 +285,7 @@ impl fmt::Display for Mode {
             Mode::FailSign => f.write_str("fail-sign"),
             Mode::Hang => f.write_str("hang"),
             Mode::WrongSig => f.write_str("wrong-sig"),
+            Mode::WrongScheme => f.write_str("wrong-scheme"),
             Mode::Refuse => f.write_str("refuse"),
         }
     }
@@ -213,8 +313,10 @@ pub struct Stats {
 pub struct TestSignerOptions {
     /// Address to bind; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// One key per seed.
+    /// One tz1 key per seed.
     pub seeds: Vec<[u8; 32]>,
+    /// More keys (tz4 keys), after those of `seeds`.
+    pub keys: Vec<TestKey>,
     /// Initial mode.
     pub mode: Mode,
 }
@@ -224,6 +326,7 @@ impl Default for TestSignerOptions {
         TestSignerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             seeds: vec![seed(1)],
+            keys: Vec::new(),
             mode: Mode::Ok,
         }
     }
@@ -270,7 +373,12 @@ impl TestSigner {
         let listener = TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
-            keys: options.seeds.iter().map(|s| TestKey::from_seed(*s)).collect(),
+            keys: options
+                .seeds
+                .iter()
+                .map(|s| TestKey::from_seed(*s))
+                .chain(options.keys.iter().cloned())
+                .collect(),
             inner: Mutex::new(Inner {
                 mode: options.mode,
                 stats: Stats::default(),
@@ -455,7 +563,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     if is_sign {
         let mut g = state.lock();
         g.stats.sign_requests += 1;
-        g.stats.last_query = query;
+        g.stats.last_query = query.clone();
     }
     match mode {
         Mode::Hang => std::future::pending::<()>().await,
@@ -473,6 +581,28 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
         return match method {
             Method::GET => json(StatusCode::OK, serde_json::json!({})),
             _ => empty(StatusCode::METHOD_NOT_ALLOWED),
+        };
+    }
+    if let Some(pkh) = path.strip_prefix("/bls_prove_possession/") {
+        let Some(key) = state.key(pkh) else {
+            return trace(
+                StatusCode::NOT_FOUND,
+                "test_signer.unknown_key",
+                format!("unknown key {pkh}"),
+            );
+        };
+        let over = match query_value(query.as_deref(), "bls_pk").map(|v| v.parse::<PublicKey>()) {
+            None => None,
+            Some(Ok(PublicKey::Bls(k))) => Some(k),
+            Some(_) => return trace(StatusCode::BAD_REQUEST, "test_signer.bls_pk", "bls_pk is not a BLpk"),
+        };
+        return match key.prove_possession(over.as_ref()) {
+            Some(proof) => json(StatusCode::OK, serde_json::json!({ "bls_prove_possession": proof })),
+            None => trace(
+                StatusCode::BAD_REQUEST,
+                "test_signer.not_bls",
+                "Proof of possession can only be requested for BLS keys.",
+            ),
         };
     }
     let Some(pkh) = path.strip_prefix("/keys/") else {
@@ -499,6 +629,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
                 Ok(b) => b,
                 Err(msg) => return trace(StatusCode::BAD_REQUEST, "test_signer.bad_body", msg),
             };
+            let scheme = match signer_gateway::signing::scheme_of(query.as_deref(), key.pkh.curve) {
+                Ok(s) => s,
+                Err(e) => return trace(StatusCode::BAD_REQUEST, "test_signer.version", e),
+            };
             let signature = match mode {
                 Mode::FailSign => {
                     return trace(
@@ -511,9 +645,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
                 Mode::WrongSig => {
                     let mut other = bytes.clone();
                     other.extend_from_slice(b"\x00wrong");
-                    key.sign(&other)
+                    key.sign_as(&other, scheme)
                 }
-                _ => key.sign(&bytes),
+                Mode::WrongScheme => key.sign_as(&bytes, scheme.other()),
+                _ => key.sign_as(&bytes, scheme),
             };
             {
                 let mut g = state.lock();
@@ -524,6 +659,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
         }
         _ => empty(StatusCode::METHOD_NOT_ALLOWED),
     }
+}
+
+/// The value of `name` in a query string.
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.split_once('=').filter(|(n, _)| *n == name).map(|(_, v)| v))
 }
 
 async fn control(state: &State, what: &str, req: Request<Incoming>) -> Resp {
@@ -563,7 +705,16 @@ mod tests {
 
     #[test]
     fn modes_round_trip() {
-        for s in ["ok", "slow:250", "fail", "fail-sign", "hang", "wrong-sig", "refuse"] {
+        for s in [
+            "ok",
+            "slow:250",
+            "fail",
+            "fail-sign",
+            "hang",
+            "wrong-sig",
+            "wrong-scheme",
+            "refuse",
+        ] {
             assert_eq!(s.parse::<Mode>().unwrap().to_string(), s);
         }
         assert_eq!("\"hang\"\n".parse::<Mode>().unwrap(), Mode::Hang);
@@ -577,7 +728,7 @@ mod tests {
         assert_eq!(parse_seed("7").unwrap(), [7u8; 32]);
         assert_eq!(parse_seed(&"ab".repeat(32)).unwrap(), [0xab; 32]);
         let k = key_from_seed(3);
-        assert_eq!(parse_seed(&k.edsk()).unwrap(), [3u8; 32]);
+        assert_eq!(parse_seed(&k.secret_key()).unwrap(), [3u8; 32]);
         assert!(parse_seed("256").is_err());
         assert!(parse_seed("zz").is_err());
     }
@@ -590,6 +741,26 @@ mod tests {
         k.public_key().verify(b"\x13abc", &sig).unwrap();
         assert!(k.public_key().verify(b"\x13abd", &sig).is_err());
         assert_ne!(key_from_seed(1).pkh(), key_from_seed(2).pkh());
+    }
+
+    #[test]
+    fn bls_keys_sign_under_the_scheme_asked_for() {
+        let k = bls_key_from_seed(1);
+        assert!(k.pkh().to_string().starts_with("tz4"));
+        let msg = b"\x13abc";
+        for scheme in [BlsScheme::ProofOfPossession, BlsScheme::Augmented] {
+            let sig = k.sign_as(msg, scheme);
+            assert!(sig.starts_with("BLsig"), "{sig}");
+            k.public_key().verify_as(msg, &sig, scheme).unwrap();
+            assert!(k.public_key().verify_as(msg, &sig, scheme.other()).is_err());
+        }
+        // The BLsk round trip: the same key back from octez's secret key encoding.
+        let again = parse_bls_key(&k.secret_key()).unwrap();
+        assert_eq!(again.pkh(), k.pkh());
+        assert_eq!(parse_bls_key("1").unwrap().pkh(), k.pkh());
+        let proof = k.prove_possession(None).unwrap();
+        k.public_key().verify_possession(&proof, None).unwrap();
+        assert!(key_from_seed(1).prove_possession(None).is_none());
     }
 
     #[test]

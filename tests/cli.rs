@@ -14,6 +14,7 @@ async fn signer(mode: Mode) -> TestSignerHandle {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         seeds: vec![seed(7)],
         mode,
+        ..Default::default()
     })
     .await
     .expect("test signer")

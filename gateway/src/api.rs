@@ -40,6 +40,18 @@ pub fn error_trace(status: StatusCode, kind: &str, id: &str, msg: &str) -> Respo
     json(status, &serde_json::json!([{ "kind": kind, "id": id, "msg": msg }]))
 }
 
+/// The response header naming the signer that produced an answer (`cache` for an identical
+/// repeat answered from the watermark), so failover is visible from the baker's side.
+pub const SIGNER_HEADER: &str = "x-signer";
+
+/// `resp` with [`SIGNER_HEADER`] set to `signer`.
+fn served_by(mut resp: Response<Body>, signer: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(signer) {
+        resp.headers_mut().insert(SIGNER_HEADER, v);
+    }
+    resp
+}
+
 fn sign_error(e: &SignError) -> Response<Body> {
     error_trace(e.status(), e.trace_kind(), e.id(), &e.to_string())
 }
@@ -127,20 +139,40 @@ impl Api {
         };
         let method = req.method().clone();
         match route {
-            Route::AuthorizedKeys | Route::KnownKeys => {
+            Route::AuthorizedKeys => {
                 if method != Method::GET {
                     return method_not_allowed("GET");
                 }
-                self.pass_through(path, query.as_deref()).await
+                signer_answer(self.signing.authorized_keys(query.as_deref()).await)
+            }
+            Route::KnownKeys => {
+                if method != Method::GET {
+                    return method_not_allowed("GET");
+                }
+                let pq = match &query {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
+                };
+                signer_answer(self.signing.pass_through(&pq).await)
             }
             Route::BlsProvePossession(k) => {
                 if method != Method::GET {
                     return method_not_allowed("GET");
                 }
-                if let Err(m) = parse_pkh(k) {
-                    return bad_request(&m);
+                let pkh = match parse_pkh(k) {
+                    Ok(p) => p,
+                    Err(m) => return bad_request(&m),
+                };
+                match self.signing.prove_possession(pkh, query.as_deref()).await {
+                    Ok(s) => served_by(
+                        json(
+                            StatusCode::OK,
+                            &serde_json::json!({ "bls_prove_possession": s.signature }),
+                        ),
+                        &s.signer,
+                    ),
+                    Err(e) => sign_error(&e),
                 }
-                self.pass_through(path, query.as_deref()).await
             }
             Route::Key(k) => {
                 let pkh = match parse_pkh(k) {
@@ -158,41 +190,16 @@ impl Api {
                             Err(r) => return r,
                         };
                         match self.signing.sign(pkh, bytes, query.as_deref()).await {
-                            Ok(s) => json(StatusCode::OK, &serde_json::json!({ "signature": s.signature })),
+                            Ok(s) => served_by(
+                                json(StatusCode::OK, &serde_json::json!({ "signature": s.signature })),
+                                &s.signer,
+                            ),
                             Err(e) => sign_error(&e),
                         }
                     }
                     _ => method_not_allowed("GET, POST"),
                 }
             }
-        }
-    }
-
-    async fn pass_through(&self, path: &str, query: Option<&str>) -> Response<Body> {
-        let pq = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
-        match self.signing.pass_through(&pq).await {
-            Ok((status, body)) => {
-                // A signer's 502 must not reach the octez client as a 502 (it would retry).
-                let status = if status == StatusCode::BAD_GATEWAY {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    status
-                };
-                if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
-                    let mut r = Response::new(Full::new(body));
-                    *r.status_mut() = status;
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    r
-                } else {
-                    let msg = format!("signer answered {status}: {}", String::from_utf8_lossy(&body).trim());
-                    error_trace(status, "permanent", "signer_gateway.signer_answer", &msg)
-                }
-            }
-            Err(e) => sign_error(&e),
         }
     }
 
@@ -226,6 +233,31 @@ impl Api {
         };
         decode_body(&body).map(Bytes::from).map_err(|m| bad_request(&m))
     }
+}
+
+/// A signer's answer to a read-only call, passed on: JSON as it is, anything else wrapped in
+/// an error trace; a signer's 502 never reaches the octez client as a 502 (it would retry).
+fn signer_answer(answer: Result<(String, StatusCode, Bytes), SignError>) -> Response<Body> {
+    let (signer, status, body) = match answer {
+        Ok(a) => a,
+        Err(e) => return sign_error(&e),
+    };
+    let status = if status == StatusCode::BAD_GATEWAY {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        status
+    };
+    let resp = if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+        let mut r = Response::new(Full::new(body));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    } else {
+        let msg = format!("signer answered {status}: {}", String::from_utf8_lossy(&body).trim());
+        error_trace(status, "permanent", "signer_gateway.signer_answer", &msg)
+    };
+    served_by(resp, &signer)
 }
 
 /// `"0a1b…"` (a JSON string, surrounding whitespace allowed) → bytes.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::payload::Kind;
-use crate::tezos::Pkh;
+use crate::tezos::{Curve, Pkh};
 
 use signer_common::{check_host_port, invalid};
 pub use signer_common::{ConfigError, LogFormat};
@@ -172,6 +172,26 @@ pub struct KeyPolicyConfig {
     /// Allow packed Michelson data (0x05). Default false.
     #[serde(default)]
     pub allow_packed: bool,
+    /// `consensus` (default) or `companion`: a tz4 companion key signs attestations (tag 41)
+    /// and nothing else.
+    #[serde(default)]
+    pub role: KeyRole,
+    /// Pass `GET /bls_prove_possession/<pkh>` on to the signers for this tz4 key (default
+    /// false, as in octez and Signatory); the proof is verified before it is returned.
+    #[serde(default)]
+    pub allow_prove_possession: bool,
+}
+
+/// What a key is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    /// A consensus key: blocks, preattestations, attestations as `kinds` allows.
+    #[default]
+    Consensus,
+    /// A tz4 companion key: the baker sends it the very attestation bytes it sent the
+    /// consensus key (DAL); it signs attestations only.
+    Companion,
 }
 
 /// One signer: reached over TCP (`address`) or through a reverse SSH tunnel (`tunnel`).
@@ -367,6 +387,10 @@ pub struct KeyPolicy {
     pub allow_generic: bool,
     /// 0x05 allowed.
     pub allow_packed: bool,
+    /// Consensus or companion key.
+    pub role: KeyRole,
+    /// `/bls_prove_possession` passed on.
+    pub allow_prove_possession: bool,
 }
 
 /// The validated configuration the gateway runs on.
@@ -527,16 +551,44 @@ impl Config {
             let pkh: Pkh = name
                 .parse()
                 .map_err(|e| invalid(field.clone(), format!("not a tz address: {e}")))?;
-            let kinds = match &k.kinds {
-                Some(list) => list.iter().copied().collect(),
-                None => default_kinds.clone(),
+            let bls_only = |what: &str| {
+                if pkh.curve == Curve::Bls {
+                    Ok(())
+                } else {
+                    Err(invalid(format!("{field}.{what}"), "only for tz4 (BLS) keys"))
+                }
             };
+            let kinds = match (&k.kinds, k.role) {
+                (Some(list), _) => list.iter().copied().collect(),
+                (None, KeyRole::Companion) => BTreeSet::from([Kind::Attestation]),
+                (None, KeyRole::Consensus) => default_kinds.clone(),
+            };
+            if k.role == KeyRole::Companion {
+                bls_only("role")?;
+                if kinds != BTreeSet::from([Kind::Attestation]) {
+                    return Err(invalid(
+                        format!("{field}.kinds"),
+                        "a companion key signs attestations and nothing else: leave kinds out or set [attestation]",
+                    ));
+                }
+                if k.allow_generic || k.allow_packed {
+                    return Err(invalid(
+                        format!("{field}.role"),
+                        "a companion key signs attestations only: allow_generic and allow_packed must be false",
+                    ));
+                }
+            }
+            if k.allow_prove_possession {
+                bls_only("allow_prove_possession")?;
+            }
             keys.insert(
                 pkh,
                 KeyPolicy {
                     kinds,
                     allow_generic: k.allow_generic,
                     allow_packed: k.allow_packed,
+                    role: k.role,
+                    allow_prove_possession: k.allow_prove_possession,
                 },
             );
         }

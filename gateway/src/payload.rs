@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::tezos::ChainId;
+use crate::tezos::{ChainId, Curve};
 
 /// The three watermarked kinds of consensus operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -58,6 +58,17 @@ pub enum Payload {
     Packed,
 }
 
+/// Which encoding a consensus payload uses; octez picks it from the signing key's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A block header (0x11): the same for every key type.
+    Block,
+    /// Tags 20, 21, 23: with a slot, for tz1/tz2/tz3 keys.
+    Slotted,
+    /// Tags 40, 41: no slot, for tz4 (BLS) keys.
+    Bls,
+}
+
 /// The fields of a consensus payload the watermark is keyed and ordered on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Consensus {
@@ -69,6 +80,10 @@ pub struct Consensus {
     pub level: i32,
     /// Round (for blocks, the fitness round, never the payload round).
     pub round: i32,
+    /// Encoding, which must match the key type ([`parse_for`]).
+    pub layout: Layout,
+    /// Operation tag (0 for blocks).
+    pub tag: u8,
 }
 
 /// Why a payload was refused. `Copy + Eq` so tests can assert the exact reason.
@@ -113,9 +128,49 @@ pub enum PayloadError {
     /// The DAL attestation bitset is not a well-formed Zarith natural.
     #[error("malformed DAL bitset")]
     DalBitset,
+    /// Tags 30/31: aggregates the block producer builds itself, never sent to a signer.
+    #[error("{kind} tag {tag} is an aggregate built by the block producer: never signed")]
+    Aggregate {
+        /// Kind being parsed.
+        kind: Kind,
+        /// The tag byte found.
+        tag: u8,
+    },
+    /// A consensus layout that does not belong to the key type (octez picks the layout from
+    /// the key: tags 40/41 for tz4, 20/21/23 for tz1/tz2/tz3).
+    #[error("{kind} tag {tag} is not the layout of a {curve} key (tz4 keys: tags 40/41; tz1/tz2/tz3: 20/21/23)")]
+    LayoutForKey {
+        /// Kind being parsed.
+        kind: Kind,
+        /// The tag byte found.
+        tag: u8,
+        /// The key's scheme.
+        curve: Curve,
+    },
 }
 
-/// Parse the bytes of a signing request (magic byte included).
+/// Parse the bytes of a signing request for a key of type `curve`: [`parse`], then the
+/// consensus layout must be the one octez uses for that key type.
+pub fn parse_for(bytes: &[u8], curve: Curve) -> Result<Payload, PayloadError> {
+    let payload = parse(bytes)?;
+    if let Payload::Consensus(c) = payload {
+        let fits = match c.layout {
+            Layout::Block => true,
+            Layout::Bls => curve == Curve::Bls,
+            Layout::Slotted => curve != Curve::Bls,
+        };
+        if !fits {
+            return Err(PayloadError::LayoutForKey {
+                kind: c.kind,
+                tag: c.tag,
+                curve,
+            });
+        }
+    }
+    Ok(payload)
+}
+
+/// Parse the bytes of a signing request (magic byte included), whatever the key.
 pub fn parse(bytes: &[u8]) -> Result<Payload, PayloadError> {
     let (&magic, _) = bytes.split_first().ok_or(PayloadError::Empty)?;
     match magic {
@@ -197,6 +252,8 @@ fn parse_block(bytes: &[u8]) -> Result<Consensus, PayloadError> {
         chain: chain_of(bytes),
         level,
         round,
+        layout: Layout::Block,
+        tag: 0,
     })
 }
 
@@ -246,11 +303,12 @@ fn parse_consensus_op(bytes: &[u8], kind: Kind) -> Result<Consensus, PayloadErro
         expected: TAG_AT + 1,
     })?;
     // (level offset, length of the fixed part); tag 23 adds a Zarith DAL bitset after it.
-    let (level_at, fixed_len) = match (kind, tag) {
+    let (level_at, fixed_len, layout) = match (kind, tag) {
         // slot(2) level(4) round(4) payload_hash(32)
-        (Kind::Preattestation, 20) | (Kind::Attestation, 21 | 23) => (40, 80),
-        // level(4) round(4) payload_hash(32): tz4 (BLS) aggregated form, no slot
-        (Kind::Preattestation, 40) | (Kind::Attestation, 41) => (38, 78),
+        (Kind::Preattestation, 20) | (Kind::Attestation, 21 | 23) => (40, 80, Layout::Slotted),
+        // level(4) round(4) payload_hash(32): tz4 (BLS) form, no slot
+        (Kind::Preattestation, 40) | (Kind::Attestation, 41) => (38, 78, Layout::Bls),
+        (Kind::Preattestation, 30) | (Kind::Attestation, 31) => return Err(PayloadError::Aggregate { kind, tag }),
         _ => return Err(PayloadError::Tag { kind, tag }),
     };
     let expected = if tag == 23 {
@@ -282,6 +340,8 @@ fn parse_consensus_op(bytes: &[u8], kind: Kind) -> Result<Consensus, PayloadErro
         chain: chain_of(bytes),
         level,
         round,
+        layout,
+        tag,
     })
 }
 
@@ -299,7 +359,7 @@ mod tests {
         let mut v = vec![0x13, 0x7a, 0x06, 0xa7, 0x70];
         v.extend_from_slice(&[0xaa; 32]);
         v.push(tag);
-        if tag != 41 {
+        if tag != 41 && tag != 40 && tag != 31 && tag != 30 {
             v.extend_from_slice(&[0, 3]);
         }
         v.extend_from_slice(&level.to_be_bytes());
@@ -317,7 +377,9 @@ mod tests {
                 kind: Kind::Attestation,
                 chain: ChainId([0x7a, 0x06, 0xa7, 0x70]),
                 level: 100,
-                round: 2
+                round: 2,
+                layout: Layout::Slotted,
+                tag: 21,
             })
         );
         let mut dal = attestation(23, 5, 0);
@@ -353,5 +415,49 @@ mod tests {
         dal.push(0x81);
         assert_eq!(parse(&dal), Err(PayloadError::DalBitset));
         assert_eq!(parse(&attestation(21, -1, 0)), Err(PayloadError::Negative));
+        let mut agg = attestation(30, 1, 0);
+        agg[0] = 0x12;
+        assert_eq!(
+            parse(&agg),
+            Err(PayloadError::Aggregate {
+                kind: Kind::Preattestation,
+                tag: 30
+            })
+        );
+        assert_eq!(
+            parse(&attestation(31, 1, 0)),
+            Err(PayloadError::Aggregate {
+                kind: Kind::Attestation,
+                tag: 31
+            })
+        );
+    }
+
+    #[test]
+    fn layouts_are_bound_to_the_key_type() {
+        let tz4 = attestation(41, 7, 1);
+        let mut tz4_pre = attestation(40, 7, 1);
+        tz4_pre[0] = 0x12;
+        let slotted = attestation(21, 7, 1);
+        let mut dal = attestation(23, 5, 0);
+        dal.push(0x01);
+        for bls in [&tz4, &tz4_pre] {
+            assert!(parse_for(bls, Curve::Bls).is_ok());
+            for curve in [Curve::Ed25519, Curve::Secp256k1, Curve::P256] {
+                assert!(matches!(
+                    parse_for(bls, curve),
+                    Err(PayloadError::LayoutForKey { curve: c, .. }) if c == curve
+                ));
+            }
+        }
+        for other in [&slotted, &dal] {
+            assert!(parse_for(other, Curve::Ed25519).is_ok());
+            assert!(matches!(
+                parse_for(other, Curve::Bls),
+                Err(PayloadError::LayoutForKey { curve: Curve::Bls, .. })
+            ));
+        }
+        // Generic operations and packed data carry no layout: policy decides.
+        assert_eq!(parse_for(&[0x03, 1], Curve::Bls), Ok(Payload::Generic));
     }
 }

@@ -172,6 +172,9 @@ pub struct Signer {
     /// once instead of waiting out `request_timeout` (a health probe or a closed tunnel
     /// usually notices first).
     down_epoch: tokio::sync::watch::Sender<u64>,
+    /// Body and time of the last successful health probe, so `GET /authorized_keys` (the
+    /// default probe path) can be answered without a round trip to a Pi.
+    last_probe: Mutex<Option<(tokio::time::Instant, Bytes)>>,
 }
 
 /// A complete answer from a signer.
@@ -192,6 +195,7 @@ impl Signer {
             connector,
             idle: Mutex::new(Vec::new()),
             down_epoch: tokio::sync::watch::Sender::new(0),
+            last_probe: Mutex::new(None),
             health: Mutex::new(Health {
                 state: State::Unknown,
                 successes: 0,
@@ -326,6 +330,8 @@ impl Signer {
             // Connections to a failing signer are suspect: start afresh when it returns.
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
+        // Whatever it answered before no longer stands for it.
+        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn transition(&self, h: &mut Health, to: State, metrics: &Metrics) {
@@ -583,7 +589,11 @@ impl Pool {
         let hc = &self.health;
         let result = tokio::time::timeout(hc.timeout, signer.send(Method::GET, &hc.path, Bytes::new())).await;
         match result {
-            Ok(Ok(a)) if a.status.is_success() => signer.record_success(hc.rise, &self.metrics),
+            Ok(Ok(a)) if a.status.is_success() => {
+                signer.record_success(hc.rise, &self.metrics);
+                *signer.last_probe.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((tokio::time::Instant::now(), a.body));
+            }
             Ok(Ok(a)) => signer.record_failure(
                 &format!("health check answered {}", a.status),
                 hc.fall,
@@ -624,6 +634,24 @@ impl Pool {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
+    }
+
+    /// The body of the last health probe of the signer a request would go to first, when
+    /// the probe asks `path` and answered within two probe intervals; `None` otherwise (not
+    /// the probe's path, nobody up, a probe missed), and the caller asks a signer.
+    pub fn fresh_probe_answer(&self, path: &str) -> Option<(String, Bytes)> {
+        if path != self.health.path {
+            return None;
+        }
+        let first = self.candidates().into_iter().next()?;
+        if first.state() != State::Up {
+            return None;
+        }
+        let last = first.last_probe.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some((at, body)) if at.elapsed() <= self.health.interval * 2 => Some((first.name.clone(), body.clone())),
+            _ => None,
+        }
     }
 
     /// Status of every signer, in priority order.

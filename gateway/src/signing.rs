@@ -17,7 +17,7 @@ use crate::config::Policy;
 use crate::metrics::Metrics;
 use crate::payload::{self, Payload, PayloadError};
 use crate::pool::{AttemptFailure, Pool, PoolError, Verdict};
-use crate::tezos::{blake2b_256, Pkh, PublicKey, TezosError};
+use crate::tezos::{blake2b_256, BlsScheme, Curve, Pkh, PublicKey, TezosError};
 use crate::watermark::{MarkKey, MarkRequest, Outcome, WatermarkError, WatermarkStore};
 
 /// Why a request was not signed. One variant per answer a client can get.
@@ -222,13 +222,19 @@ impl Signing {
                 if !a.status.is_success() {
                     return Verdict::Failed(AttemptFailure::ServerError, format!("GET {path} answered {}", a.status));
                 }
-                match parse_field(&a.body, "public_key").and_then(|s| s.parse::<PublicKey>().ok()) {
-                    Some(pk) if pk.hash() == pkh => Verdict::Done(Some(pk)),
-                    Some(pk) => Verdict::Failed(
+                let Some(text) = parse_field(&a.body, "public_key") else {
+                    return Verdict::Failed(AttemptFailure::BadSignature, "unparsable public key answer".into());
+                };
+                match text.parse::<PublicKey>() {
+                    Ok(pk) if pk.hash() == pkh => Verdict::Done(Some(pk)),
+                    Ok(pk) => Verdict::Failed(
                         AttemptFailure::BadSignature,
                         format!("answered public key {pk} which is not the key of {pkh}"),
                     ),
-                    None => Verdict::Failed(AttemptFailure::BadSignature, "unparsable public key answer".into()),
+                    Err(e) => Verdict::Failed(
+                        AttemptFailure::BadSignature,
+                        format!("answered an invalid public key {text:?}: {e}"),
+                    ),
                 }
             })
             .await?;
@@ -244,13 +250,15 @@ impl Signing {
     /// (`version`, `authentication`).
     pub async fn sign(&self, pkh: Pkh, bytes: Bytes, query: Option<&str>) -> Result<Signed, SignError> {
         let started = Instant::now();
-        let payload = payload::parse(&bytes)?;
+        // Both checks come before anything else, so a refusal never raises a mark.
+        let scheme = scheme_of(query, pkh.curve)?;
+        let payload = payload::parse_for(&bytes, pkh.curve)?;
         let label = match payload {
             Payload::Consensus(c) => c.kind.as_str(),
             Payload::Generic => "generic",
             Payload::Packed => "packed",
         };
-        let result = self.sign_parsed(pkh, &bytes, payload, query).await;
+        let result = self.sign_parsed(pkh, &bytes, payload, query, scheme).await;
         match &result {
             Ok(s) => {
                 self.metrics
@@ -313,23 +321,30 @@ impl Signing {
         bytes: &Bytes,
         payload: Payload,
         query: Option<&str>,
+        scheme: BlsScheme,
     ) -> Result<Signed, SignError> {
-        self.check_policy(pkh, payload)?;
-        let pk = self.public_key(pkh).await?;
-        // Refuse up front what cannot be verified, before a mark is raised for nothing.
-        if !pk.is_verifiable() {
-            return Err(SignError::Unverifiable {
-                pkh,
-                source: TezosError::UnsupportedCurve(pkh.curve),
+        if pkh.curve == Curve::MlDsa44 {
+            // Refused before any signer is asked: no consensus role, and no verifier here.
+            return Err(match payload {
+                Payload::Consensus(c) => SignError::Policy {
+                    pkh,
+                    what: format!("{}: tz5 (ML-DSA-44) keys cannot be consensus keys", c.kind),
+                },
+                _ => SignError::Unverifiable {
+                    pkh,
+                    source: TezosError::UnsupportedCurve(pkh.curve),
+                },
             });
         }
+        self.check_policy(pkh, payload)?;
+        let pk = self.public_key(pkh).await?;
         let path = match query {
             Some(q) if !q.is_empty() => format!("/keys/{pkh}?{q}"),
             _ => format!("/keys/{pkh}"),
         };
         let Payload::Consensus(c) = payload else {
             // Generic and packed data carry no level: policy alone decides.
-            return self.forward(&path, bytes, &pk).await;
+            return self.forward(&path, bytes, &pk, scheme).await;
         };
         let req = MarkRequest {
             key: MarkKey {
@@ -357,7 +372,7 @@ impl Signing {
             // attempt failed): signing identical bytes again is not a double signature.
             Outcome::Repeat(None) | Outcome::Recorded => {}
         }
-        let signed = self.forward(&path, bytes, &pk).await?;
+        let signed = self.forward(&path, bytes, &pk, scheme).await?;
         if let Err(e) = self.store.record_signature(&req, &signed.signature).await {
             // The mark itself is durable; only the cached answer for repeats is lost.
             warn!(key = %pkh, error = %e, "could not keep the signature for identical repeats");
@@ -384,7 +399,7 @@ impl Signing {
     }
 
     /// Send the bytes to the first signer that signs them with a signature that verifies.
-    async fn forward(&self, path: &str, bytes: &Bytes, pk: &PublicKey) -> Result<Signed, SignError> {
+    async fn forward(&self, path: &str, bytes: &Bytes, pk: &PublicKey, scheme: BlsScheme) -> Result<Signed, SignError> {
         let body = Bytes::from(format!("\"{}\"", hex::encode(bytes)));
         let (signer, result) = self
             .pool
@@ -401,8 +416,19 @@ impl Signing {
                 let Some(sig) = parse_field(&a.body, "signature") else {
                     return Verdict::Failed(AttemptFailure::BadSignature, "unparsable signature answer".into());
                 };
-                match pk.verify(bytes, &sig) {
+                match pk.verify_as(bytes, &sig, scheme) {
                     Ok(()) => Verdict::Done(Ok(sig)),
+                    // A BLS signature under the other scheme is as wrong as any other.
+                    Err(_) if matches!(pk, PublicKey::Bls(_)) && pk.verify_as(bytes, &sig, scheme.other()).is_ok() => {
+                        Verdict::Failed(
+                            AttemptFailure::BadSignature,
+                            format!(
+                                "returned a {} signature where the request asked for {}",
+                                scheme.other().as_str(),
+                                scheme.as_str()
+                            ),
+                        )
+                    }
                     Err(e) => Verdict::Failed(AttemptFailure::BadSignature, format!("returned a bad signature: {e}")),
                 }
             })
@@ -418,10 +444,105 @@ impl Signing {
         }
     }
 
-    /// Forward a read-only call (`/authorized_keys`, `/known_keys`, `/bls_prove_possession/…`)
-    /// to the first signer that answers without a server error.
-    pub async fn pass_through(&self, path_and_query: &str) -> Result<(StatusCode, Bytes), SignError> {
-        let (_, (status, body)) = self
+    /// A BLS proof of possession for `pkh` (`GET /bls_prove_possession/<pkh>[?bls_pk=…]`),
+    /// asked of the signers only when the key's policy allows it, and verified before it is
+    /// returned: over the key's own compressed bytes, or over `bls_pk` when given.
+    pub async fn prove_possession(&self, pkh: Pkh, query: Option<&str>) -> Result<Signed, SignError> {
+        if pkh.curve != Curve::Bls {
+            return Err(SignError::BadRequest(format!(
+                "a proof of possession exists for tz4 (BLS) keys only, not {pkh}"
+            )));
+        }
+        if !self.policy.keys.get(&pkh).is_some_and(|k| k.allow_prove_possession) {
+            return Err(SignError::Policy {
+                pkh,
+                what: "a proof of possession (policy.keys.<key>.allow_prove_possession is off)".into(),
+            });
+        }
+        let mut over = None;
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("bls_pk", v)) if over.is_none() => match v.parse::<PublicKey>() {
+                    Ok(PublicKey::Bls(k)) => over = Some(k),
+                    _ => {
+                        return Err(SignError::BadRequest(format!(
+                            "bls_pk {v:?} is not a valid BLpk public key"
+                        )))
+                    }
+                },
+                _ => {
+                    return Err(SignError::BadRequest(format!(
+                        "unexpected query parameter {pair:?}: only one bls_pk is allowed"
+                    )))
+                }
+            }
+        }
+        let pk = self.public_key(pkh).await?;
+        let path = match query {
+            Some(q) if !q.is_empty() => format!("/bls_prove_possession/{pkh}?{q}"),
+            _ => format!("/bls_prove_possession/{pkh}"),
+        };
+        let (signer, result) = self
+            .pool
+            .request(Method::GET, &path, Bytes::new(), |a| {
+                if a.status == StatusCode::NOT_FOUND {
+                    return Verdict::NotHere(Err(None));
+                }
+                if !a.status.is_success() {
+                    let message = String::from_utf8_lossy(&a.body).trim().to_string();
+                    return Verdict::Done(Err(Some((a.status, message))));
+                }
+                let Some(proof) = parse_field(&a.body, "bls_prove_possession") else {
+                    return Verdict::Failed(
+                        AttemptFailure::BadSignature,
+                        "unparsable proof of possession answer".into(),
+                    );
+                };
+                match pk.verify_possession(&proof, over.as_ref()) {
+                    Ok(()) => Verdict::Done(Ok(proof)),
+                    Err(e) => Verdict::Failed(
+                        AttemptFailure::BadSignature,
+                        format!("returned a bad proof of possession: {e}"),
+                    ),
+                }
+            })
+            .await?;
+        match result {
+            Ok(signature) => {
+                info!(key = %pkh, signer = %signer, "proof of possession");
+                Ok(Signed { signature, signer })
+            }
+            Err(None) => Err(SignError::UnknownKey(pkh)),
+            Err(Some((status, message))) => Err(SignError::SignerRefused {
+                signer,
+                status,
+                message,
+            }),
+        }
+    }
+
+    /// `GET /authorized_keys` without a round trip to a signer when possible: the answer of
+    /// the last health probe of the signer that would serve the request, if the probe asks
+    /// that very path and its answer is fresh; otherwise passed on. octez's baker calls this
+    /// before every signature, so over a home link it halves the round trips per signature.
+    pub async fn authorized_keys(&self, query: Option<&str>) -> Result<(String, StatusCode, Bytes), SignError> {
+        let path = "/authorized_keys";
+        if query.is_none_or(str::is_empty) {
+            if let Some((signer, body)) = self.pool.fresh_probe_answer(path) {
+                return Ok((signer, StatusCode::OK, body));
+            }
+        }
+        let pq = match query {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path.to_string(),
+        };
+        self.pass_through(&pq).await
+    }
+
+    /// Forward a read-only call (`/authorized_keys`, `/known_keys`) to the first signer that
+    /// answers without a server error; returns that signer's name with its answer.
+    pub async fn pass_through(&self, path_and_query: &str) -> Result<(String, StatusCode, Bytes), SignError> {
+        let (signer, (status, body)) = self
             .pool
             .request(Method::GET, path_and_query, Bytes::new(), |a| {
                 if a.status == StatusCode::NOT_FOUND {
@@ -431,7 +552,38 @@ impl Signing {
                 }
             })
             .await?;
-        Ok((status, body))
+        Ok((signer, status, body))
+    }
+}
+
+/// The BLS scheme a signing request asks for, from its `version` query parameter, as
+/// octez-signer reads it (`src/lib_crypto/signature.ml`, `src/bin_signer/handler.ml`): `1`
+/// augmented (Rio clients); `2`, `3` or none proof of possession. Version `0` predates BLS, so
+/// it is valid for tz1/tz2/tz3 keys only, where the version changes nothing. Anything else is
+/// refused before a mark is raised.
+pub fn scheme_of(query: Option<&str>, curve: Curve) -> Result<BlsScheme, SignError> {
+    let mut version = None;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == "version" {
+            if version.is_some() {
+                return Err(SignError::BadRequest(
+                    "the version query parameter is given twice".into(),
+                ));
+            }
+            version = Some(value);
+        }
+    }
+    match version {
+        None | Some("2") | Some("3") => Ok(BlsScheme::ProofOfPossession),
+        Some("1") => Ok(BlsScheme::Augmented),
+        Some("0") if curve != Curve::Bls => Ok(BlsScheme::ProofOfPossession),
+        Some("0") => Err(SignError::BadRequest(
+            "signature version 0 has no BLS signatures: a tz4 key needs version 1, 2 or 3".into(),
+        )),
+        Some(v) => Err(SignError::BadRequest(format!(
+            "unsupported signature version {v:?}: expected 0, 1, 2 or 3 (BLS: 1 augmented, 2 and 3 proof of possession)"
+        ))),
     }
 }
 

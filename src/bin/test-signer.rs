@@ -1,4 +1,4 @@
-//! `test-signer`: an octez-compatible remote signer with real ed25519 keys and fault modes,
+//! `test-signer`: an octez-compatible remote signer with real ed25519 and BLS keys and fault modes,
 //! for end-to-end tests of signer-gateway. Never use its keys for anything real.
 //!
 //! Prints exactly one line on stdout, `test-signer listening on <addr> keys=<tz1…,…>`, then
@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gateway_e2e::test_signer::{parse_seed, Mode, TestSigner, TestSignerOptions};
+use gateway_e2e::test_signer::{parse_bls_key, parse_seed, Mode, TestKey, TestSigner, TestSignerOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Test remote signer (octez protocol) with fault injection.
@@ -20,9 +20,13 @@ struct Args {
     listen: SocketAddr,
     /// A key seed: 64 hex digits, an edsk… seed, or a small integer n for the seed [n; 32].
     /// Repeat for several keys.
-    #[arg(long = "seed", value_parser = parse_seed, required = true)]
+    #[arg(long = "seed", value_parser = parse_seed, required_unless_present = "bls_keys")]
     seeds: Vec<[u8; 32]>,
-    /// Initial fault mode: ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, refuse.
+    /// A tz4 (BLS) key: a BLsk… secret key, 64 hex digits of key-generation input, or a small
+    /// integer n for the input [n; 32]. Repeat for several keys.
+    #[arg(long = "bls-key", value_parser = parse_bls_key)]
+    bls_keys: Vec<TestKey>,
+    /// Initial fault mode: ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme, refuse.
     #[arg(long, default_value = "ok")]
     mode: Mode,
 }
@@ -42,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let handle = TestSigner::spawn(TestSignerOptions {
         listen: args.listen,
         seeds: args.seeds,
+        keys: args.bls_keys,
         mode: args.mode,
     })
     .await

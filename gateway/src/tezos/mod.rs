@@ -2,10 +2,10 @@
 //! prefixes, key hashes (`tz1…`), public keys (`edpk…`), signatures (`edsig…`), chain ids
 //! (`Net…`), and signature verification.
 //!
-//! octez signs the blake2b-256 digest of the bytes (magic byte included), so that is what
-//! [`PublicKey::verify`] checks: ed25519 (tz1), and ECDSA over that digest for secp256k1 (tz2)
-//! and P-256 (tz3). BLS (tz4) keys are recognised and reported as
-//! [`TezosError::UnsupportedCurve`] so callers can fail closed.
+//! For tz1/tz2/tz3 octez signs the blake2b-256 digest of the bytes (magic byte included), so
+//! that is what [`PublicKey::verify`] checks: ed25519 (tz1), and ECDSA over that digest for
+//! secp256k1 (tz2) and P-256 (tz3). tz4 (BLS12-381) signs the bytes themselves, under the
+//! scheme the request's `version` selects ([`bls`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,22 +13,29 @@ use std::str::FromStr;
 use blake2::digest::consts::{U20, U32};
 use blake2::{Blake2b, Digest as _};
 
+pub mod bls;
+
+pub use bls::{BlsPublicKey, BlsScheme};
+
 /// base58check prefixes (decoded bytes), from octez `lib_crypto/base58.ml`.
 mod prefix {
     pub const TZ1: &[u8] = &[6, 161, 159];
     pub const TZ2: &[u8] = &[6, 161, 161];
     pub const TZ3: &[u8] = &[6, 161, 164];
     pub const TZ4: &[u8] = &[6, 161, 166];
+    pub const TZ5: &[u8] = &[6, 161, 169];
     pub const EDPK: &[u8] = &[13, 15, 37, 217];
     pub const SPPK: &[u8] = &[3, 254, 226, 86];
     pub const P2PK: &[u8] = &[3, 178, 139, 127];
     pub const BLPK: &[u8] = &[6, 149, 135, 204];
+    pub const MDPK: &[u8] = &[13, 7, 237, 67];
     pub const EDSIG: &[u8] = &[9, 245, 205, 134, 18];
     pub const SPSIG: &[u8] = &[13, 115, 101, 19, 63];
     pub const P2SIG: &[u8] = &[54, 240, 44, 52];
     pub const BLSIG: &[u8] = &[40, 171, 64, 207];
     pub const SIG: &[u8] = &[4, 130, 43];
     pub const EDSK: &[u8] = &[13, 15, 58, 7];
+    pub const BLSK: &[u8] = &[3, 150, 192, 40];
     pub const NET: &[u8] = &[87, 82, 0];
 }
 
@@ -47,6 +54,10 @@ pub enum TezosError {
     /// The signature does not verify against the public key.
     #[error("signature does not verify")]
     BadSignature,
+    /// A public key of the right length that is not a valid point (off the curve, outside
+    /// the prime-order subgroup, or the identity).
+    #[error("public key is not a valid point of its curve")]
+    NotOnCurve,
 }
 
 /// The signature scheme of a key.
@@ -60,6 +71,9 @@ pub enum Curve {
     P256,
     /// tz4 / BLpk / BLsig.
     Bls,
+    /// tz5 / mdpk / mdsig (ML-DSA-44, Ushuaia): recognised, never a consensus key, and not
+    /// verifiable here.
+    MlDsa44,
 }
 
 impl fmt::Display for Curve {
@@ -69,6 +83,7 @@ impl fmt::Display for Curve {
             Curve::Secp256k1 => "secp256k1",
             Curve::P256 => "p256",
             Curve::Bls => "bls",
+            Curve::MlDsa44 => "ml-dsa-44",
         })
     }
 }
@@ -118,6 +133,7 @@ impl Pkh {
             Curve::Secp256k1 => prefix::TZ2,
             Curve::P256 => prefix::TZ3,
             Curve::Bls => prefix::TZ4,
+            Curve::MlDsa44 => prefix::TZ5,
         }
     }
 }
@@ -130,6 +146,7 @@ impl FromStr for Pkh {
             Some("tz2") => Curve::Secp256k1,
             Some("tz3") => Curve::P256,
             Some("tz4") => Curve::Bls,
+            Some("tz5") => Curve::MlDsa44,
             _ => return Err(TezosError::Shape("public key hash")),
         };
         let bytes = b58_decode(s, Pkh::prefix(curve), 20, "public key hash")?;
@@ -170,7 +187,9 @@ impl<'de> serde::Deserialize<'de> for Pkh {
 pub enum PublicKey {
     /// `edpk…`
     Ed25519([u8; 32]),
-    /// `sppk…`, `p2pk…` (compressed SEC1 points, verifiable) and `BLpk…` (recognised only).
+    /// `BLpk…`, validated when parsed.
+    Bls(BlsPublicKey),
+    /// `sppk…`, `p2pk…` (compressed SEC1 points) and `mdpk…` (recognised only).
     Other {
         /// Scheme.
         curve: Curve,
@@ -189,6 +208,10 @@ impl PublicKey {
                 curve: Curve::Ed25519,
                 hash: blake2b_160(b),
             },
+            PublicKey::Bls(k) => Pkh {
+                curve: Curve::Bls,
+                hash: blake2b_160(k.bytes()),
+            },
             PublicKey::Other { curve, bytes, .. } => Pkh {
                 curve: *curve,
                 hash: blake2b_160(bytes),
@@ -196,9 +219,17 @@ impl PublicKey {
         }
     }
 
-    /// Verify a signature (base58 `edsig…` or generic `sig…`) over blake2b-256 of `message`.
+    /// Verify a signature as octez makes it today: over blake2b-256 of `message` for
+    /// tz1/tz2/tz3, over `message` itself under the proof-of-possession scheme for tz4.
     pub fn verify(&self, message: &[u8], signature: &str) -> Result<(), TezosError> {
+        self.verify_as(message, signature, BlsScheme::ProofOfPossession)
+    }
+
+    /// [`PublicKey::verify`] with the BLS scheme the request asked for (ignored for other
+    /// curves). A tz4 signature made under the other scheme does not verify.
+    pub fn verify_as(&self, message: &[u8], signature: &str, scheme: BlsScheme) -> Result<(), TezosError> {
         match self {
+            PublicKey::Bls(key) => key.verify(message, &decode_bls_signature(signature)?, scheme),
             PublicKey::Ed25519(pk) => {
                 let sig = decode_ed25519_signature(signature)?;
                 let key = ed25519_dalek::VerifyingKey::from_bytes(pk).map_err(|_| TezosError::Shape("public key"))?;
@@ -243,10 +274,37 @@ impl PublicKey {
         }
     }
 
-    /// Whether [`PublicKey::verify`] can check this key's signatures.
-    pub fn is_verifiable(&self) -> bool {
-        !matches!(self, PublicKey::Other { curve: Curve::Bls, .. })
+    /// Verify a BLS proof of possession (`/bls_prove_possession`): over this key's own
+    /// compressed bytes, or over `over` when the request named another public key.
+    pub fn verify_possession(&self, proof: &str, over: Option<&BlsPublicKey>) -> Result<(), TezosError> {
+        let PublicKey::Bls(key) = self else {
+            return Err(TezosError::Shape("BLS public key"));
+        };
+        let over = over.unwrap_or(key);
+        key.verify_possession(&decode_bls_signature(proof)?, over.bytes())
     }
+}
+
+/// Decode a 96-byte BLS signature given as `BLsig…` or in the generic encoding.
+pub fn decode_bls_signature(s: &str) -> Result<[u8; 96], TezosError> {
+    let bytes = if s.starts_with("BLsig") {
+        b58_decode(s, prefix::BLSIG, 96, "BLS signature")?
+    } else {
+        b58_decode(s, prefix::SIG, 96, "BLS signature")?
+    };
+    let mut out = [0u8; 96];
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+/// Encode a 96-byte BLS signature as `BLsig…`.
+pub fn encode_bls_signature(sig: &[u8; 96]) -> String {
+    b58_encode(prefix::BLSIG, sig)
+}
+
+/// Encode a 96-byte BLS signature in the generic encoding (the `sig` prefix bytes).
+pub fn encode_generic_bls_signature(sig: &[u8; 96]) -> String {
+    b58_encode(prefix::SIG, sig)
 }
 
 /// Decode a 64-byte ECDSA signature given with its own prefix or as the generic `sig…`.
@@ -270,17 +328,19 @@ pub fn encode_public_key(curve: Curve, bytes: &[u8]) -> String {
         Curve::Secp256k1 => prefix::SPPK,
         Curve::P256 => prefix::P2PK,
         Curve::Bls => prefix::BLPK,
+        Curve::MlDsa44 => prefix::MDPK,
     };
     b58_encode(pre, bytes)
 }
 
-/// Encode a 64-byte signature with the scheme's prefix (`edsig`, `spsig1`, `p2sig`).
+/// Encode a 64-byte signature with the scheme's prefix (`edsig`, `spsig1`, `p2sig`); the
+/// other schemes' signatures are not 64 bytes long, so they get the generic `sig` prefix.
 pub fn encode_signature(curve: Curve, sig: &[u8; 64]) -> String {
     let pre = match curve {
         Curve::Ed25519 => prefix::EDSIG,
         Curve::Secp256k1 => prefix::SPSIG,
         Curve::P256 => prefix::P2SIG,
-        Curve::Bls => prefix::SIG,
+        Curve::Bls | Curve::MlDsa44 => prefix::SIG,
     };
     b58_encode(pre, sig)
 }
@@ -295,9 +355,13 @@ impl FromStr for PublicKey {
                 k.copy_from_slice(&b);
                 return Ok(PublicKey::Ed25519(k));
             }
+            Some("BLpk") => {
+                let b = b58_decode(s, prefix::BLPK, 48, "public key")?;
+                return BlsPublicKey::from_bytes(&b).map(PublicKey::Bls);
+            }
             Some("sppk") => (Curve::Secp256k1, prefix::SPPK, 33),
             Some("p2pk") => (Curve::P256, prefix::P2PK, 33),
-            Some("BLpk") => (Curve::Bls, prefix::BLPK, 48),
+            Some("mdpk") => (Curve::MlDsa44, prefix::MDPK, 1312),
             _ => return Err(TezosError::Shape("public key")),
         };
         let bytes = b58_decode(s, pre, len, "public key")?;
@@ -313,6 +377,7 @@ impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PublicKey::Ed25519(b) => f.write_str(&b58_encode(prefix::EDPK, b)),
+            PublicKey::Bls(k) => f.write_str(&b58_encode(prefix::BLPK, k.bytes())),
             PublicKey::Other { text, .. } => f.write_str(text),
         }
     }
@@ -376,6 +441,19 @@ pub fn decode_ed25519_seed(s: &str) -> Result<[u8; 32], TezosError> {
     let mut out = [0u8; 32];
     out.copy_from_slice(&b);
     Ok(out)
+}
+
+/// Decode a `BLsk…` secret key: 32 bytes, a little-endian scalar (as octez writes it).
+pub fn decode_bls_secret_key(s: &str) -> Result<[u8; 32], TezosError> {
+    let b = b58_decode(s, prefix::BLSK, 32, "BLS secret key")?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&b);
+    Ok(out)
+}
+
+/// Encode a BLS secret scalar (32 bytes, little-endian) as `BLsk…`.
+pub fn encode_bls_secret_key(scalar_le: &[u8; 32]) -> String {
+    b58_encode(prefix::BLSK, scalar_le)
 }
 
 /// A chain id: the 4 bytes at offsets 1..4 of every consensus payload.
