@@ -15,8 +15,8 @@
 //! Errors are octez error traces: `[{"kind":"temporary","id":"…","msg":"…"}]`.
 //!
 //! # Fault modes ([`Mode`])
-//! `ok`, `slow:<ms>`, `fail`, `fail-sign`, `hang`, `wrong-sig`, `wrong-scheme`, `refuse`: see
-//! the variants.
+//! `ok`, `slow:<ms>`, `fail`, `fail-sign`, `hang`, `wrong-sig`, `wrong-scheme`,
+//! `malformed-sig`, `bad-key`, `refuse`: see the variants.
 //! Modes apply to protocol paths only, never to the control endpoints.
 //!
 //! # Control endpoints (outside the protocol)
@@ -248,6 +248,12 @@ pub enum Mode {
     /// tz4 keys sign with the other BLS scheme than the request asked for (a signer with
     /// the wrong `version` handling); tz1 keys sign correctly.
     WrongScheme,
+    /// Answer signing requests with a malformed signature (a `BLsig…`/`edsig…` whose
+    /// base58check checksum is broken).
+    MalformedSig,
+    /// Answer `GET /keys/<pkh>` with a `BLpk…` of the right length that is not a point of
+    /// the curve.
+    BadKey,
     /// 403 on `POST /keys/…`, like a Ledger whose user refused.
     Refuse,
 }
@@ -263,12 +269,14 @@ impl FromStr for Mode {
             "hang" => Mode::Hang,
             "wrong-sig" => Mode::WrongSig,
             "wrong-scheme" => Mode::WrongScheme,
+            "malformed-sig" => Mode::MalformedSig,
+            "bad-key" => Mode::BadKey,
             "refuse" => Mode::Refuse,
             _ => match s.strip_prefix("slow:").map(str::parse::<u64>) {
                 Some(Ok(ms)) => Mode::Slow(Duration::from_millis(ms)),
                 _ => {
                     return Err(format!(
-                        "unknown mode {s:?}: expected ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme or refuse"
+                        "unknown mode {s:?}: expected ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme, malformed-sig, bad-key or refuse"
                     ))
                 }
             },
@@ -286,6 +294,8 @@ impl fmt::Display for Mode {
             Mode::Hang => f.write_str("hang"),
             Mode::WrongSig => f.write_str("wrong-sig"),
             Mode::WrongScheme => f.write_str("wrong-scheme"),
+            Mode::MalformedSig => f.write_str("malformed-sig"),
+            Mode::BadKey => f.write_str("bad-key"),
             Mode::Refuse => f.write_str("refuse"),
         }
     }
@@ -596,9 +606,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
             Some(Ok(PublicKey::Bls(k))) => Some(k),
             Some(_) => return trace(StatusCode::BAD_REQUEST, "test_signer.bls_pk", "bls_pk is not a BLpk"),
         };
-        return match key.prove_possession(over.as_ref()) {
-            Some(proof) => json(StatusCode::OK, serde_json::json!({ "bls_prove_possession": proof })),
-            None => trace(
+        return match (key.prove_possession(over.as_ref()), key.public_key()) {
+            // `wrong-sig`: a signature of the key's bytes under the signing DST, not a proof.
+            (Some(_), PublicKey::Bls(own)) if mode == Mode::WrongSig => json(
+                StatusCode::OK,
+                serde_json::json!({ "bls_prove_possession": key.sign(own.bytes()) }),
+            ),
+            (Some(proof), _) => json(StatusCode::OK, serde_json::json!({ "bls_prove_possession": proof })),
+            (None, _) => trace(
                 StatusCode::BAD_REQUEST,
                 "test_signer.not_bls",
                 "Proof of possession can only be requested for BLS keys.",
@@ -620,6 +635,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
         );
     };
     match method {
+        Method::GET if mode == Mode::BadKey => {
+            // x = 5 with the compression bit: 48 bytes, but no point of G1.
+            let mut off_curve = [0u8; 48];
+            off_curve[0] = 0x80;
+            off_curve[47] = 5;
+            let text = tezos::encode_public_key(tezos::Curve::Bls, &off_curve);
+            json(StatusCode::OK, serde_json::json!({ "public_key": text }))
+        }
         Method::GET => json(
             StatusCode::OK,
             serde_json::json!({ "public_key": key.public_key.to_string() }),
@@ -648,6 +671,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
                     key.sign_as(&other, scheme)
                 }
                 Mode::WrongScheme => key.sign_as(&bytes, scheme.other()),
+                Mode::MalformedSig => {
+                    // Drop two characters: the base58check checksum no longer matches.
+                    let mut sig = key.sign_as(&bytes, scheme);
+                    sig.truncate(sig.len() - 2);
+                    sig
+                }
                 _ => key.sign_as(&bytes, scheme),
             };
             {
@@ -713,6 +742,8 @@ mod tests {
             "hang",
             "wrong-sig",
             "wrong-scheme",
+            "malformed-sig",
+            "bad-key",
             "refuse",
         ] {
             assert_eq!(s.parse::<Mode>().unwrap().to_string(), s);

@@ -1,6 +1,6 @@
 //! Concurrent requests at one (key, kind, level, round) through the real gateway binary:
 //! exactly one of many conflicting payloads is signed, and many identical payloads get one
-//! signature from one signer call.
+//! signature from one signer call; for a tz1 and a tz4 key alike.
 //!
 //! Needs the `signer-gateway` binary: `cargo build --workspace --bins` first.
 
@@ -8,18 +8,32 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use gateway_e2e::harness::{
-    assert_error_trace, attestation, preattestation, Client, Gateway, GatewayConfig, TEST_CHAIN,
+    assert_error_trace, attestation, bls_attestation, bls_preattestation, preattestation, Client, Gateway,
+    GatewayConfig, TEST_CHAIN,
 };
-use gateway_e2e::test_signer::{seed, TestSigner, TestSignerOptions};
+use gateway_e2e::test_signer::{bls_key_from_seed, key_from_seed, TestKey, TestSigner, TestSignerOptions};
 use http::StatusCode;
 use tokio::task::JoinSet;
 
 const N: usize = 64;
 
+/// A consensus payload builder: (chain, level, round, variant) → bytes.
+type Build = fn([u8; 4], i32, i32, u8) -> Vec<u8>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_winner_among_conflicting_payloads_and_one_signature_for_identical_ones() {
+    one_winner(key_from_seed(1), attestation, preattestation).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_winner_with_a_tz4_key() {
+    one_winner(bls_key_from_seed(1), bls_attestation, bls_preattestation).await;
+}
+
+async fn one_winner(key: TestKey, attestation: Build, preattestation: Build) {
     let signer = TestSigner::spawn(TestSignerOptions {
-        seeds: vec![seed(1)],
+        seeds: vec![],
+        keys: vec![key],
         ..Default::default()
     })
     .await

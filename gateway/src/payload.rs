@@ -138,7 +138,7 @@ pub enum PayloadError {
     },
     /// A consensus layout that does not belong to the key type (octez picks the layout from
     /// the key: tags 40/41 for tz4, 20/21/23 for tz1/tz2/tz3).
-    #[error("{kind} tag {tag} is not the layout of a {curve} key (tz4 keys: tags 40/41; tz1/tz2/tz3: 20/21/23)")]
+    #[error("{kind} tag {tag} is not the layout for {curve} keys (tz4: tags 40/41; tz1/tz2/tz3: 20/21/23)")]
     LayoutForKey {
         /// Kind being parsed.
         kind: Kind,

@@ -26,7 +26,7 @@ struct Args {
     /// integer n for the input [n; 32]. Repeat for several keys.
     #[arg(long = "bls-key", value_parser = parse_bls_key)]
     bls_keys: Vec<TestKey>,
-    /// Initial fault mode: ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme, refuse.
+    /// Initial fault mode: ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme, malformed-sig, bad-key, refuse.
     #[arg(long, default_value = "ok")]
     mode: Mode,
 }

@@ -17,8 +17,8 @@ mod signer_process;
 pub use client::{Client, Reply, DEFAULT_TIMEOUT};
 pub use gateway::{gateway_bin, parse_ready_line, Gateway, GatewayConfig, READY_PREFIX, READY_TIMEOUT};
 pub use payloads::{
-    attestation, block, block_from_vector, generic_operation, preattestation, vector, ConsensusOp, TEST_CHAIN,
-    VECTORS_PATH,
+    attestation, block, block_from_vector, bls_attestation, bls_preattestation, generic_operation, preattestation,
+    vector, ConsensusOp, TEST_CHAIN, VECTORS_PATH,
 };
 pub use poll::{eventually, within, POLL_INTERVAL};
 pub use process::verbose;

@@ -8,7 +8,8 @@ pub const TEST_CHAIN: [u8; 4] = [0x7a, 0x06, 0xa7, 0x70];
 /// Where the vectors live (`tests/vectors/payloads.json` of this package).
 pub const VECTORS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/payloads.json");
 
-/// A preattestation (0x12) or attestation (0x13) in the slot-carrying layout (tags 20, 21).
+/// A preattestation (0x12) or attestation (0x13): the slot-carrying layout (tags 20, 21) or
+/// the tz4 (BLS) layout without a slot (tags 40, 41).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsensusOp {
     /// 0x12 or 0x13.
@@ -17,9 +18,9 @@ pub struct ConsensusOp {
     pub chain: [u8; 4],
     /// Every byte of the 32-byte branch.
     pub branch_byte: u8,
-    /// Operation tag: 20 (preattestation) or 21 (attestation).
+    /// Operation tag: 20 (preattestation) or 21 (attestation); 40 and 41 for tz4 keys.
     pub tag: u8,
-    /// Slot.
+    /// Slot (not written for tags 40 and 41).
     pub slot: u16,
     /// Level.
     pub level: i32,
@@ -31,14 +32,17 @@ pub struct ConsensusOp {
 }
 
 impl ConsensusOp {
-    /// The 80 bytes: `magic chain(4) branch(32) tag slot(2) level(4) round(4) payload_hash(32)`.
+    /// The 80 bytes `magic chain(4) branch(32) tag slot(2) level(4) round(4) payload_hash(32)`,
+    /// or 78 without the slot for tags 40 and 41.
     pub fn bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(80);
         v.push(self.magic);
         v.extend_from_slice(&self.chain);
         v.extend_from_slice(&[self.branch_byte; 32]);
         v.push(self.tag);
-        v.extend_from_slice(&self.slot.to_be_bytes());
+        if !matches!(self.tag, 40 | 41) {
+            v.extend_from_slice(&self.slot.to_be_bytes());
+        }
         v.extend_from_slice(&self.level.to_be_bytes());
         v.extend_from_slice(&self.round.to_be_bytes());
         v.extend_from_slice(&[self.payload_hash_byte; 32]);
@@ -46,14 +50,13 @@ impl ConsensusOp {
     }
 }
 
-/// An attestation (0x13, tag 21, slot 0, branch bytes 0xbb); `variant` fills the payload hash,
-/// so two variants at one (level, round) are a double attestation.
-pub fn attestation(chain: [u8; 4], level: i32, round: i32, variant: u8) -> Vec<u8> {
+/// A consensus operation with branch bytes 0xbb and slot 0.
+fn consensus_op(magic: u8, tag: u8, chain: [u8; 4], level: i32, round: i32, variant: u8) -> Vec<u8> {
     ConsensusOp {
-        magic: 0x13,
+        magic,
         chain,
         branch_byte: 0xbb,
-        tag: 21,
+        tag,
         slot: 0,
         level,
         round,
@@ -62,19 +65,26 @@ pub fn attestation(chain: [u8; 4], level: i32, round: i32, variant: u8) -> Vec<u
     .bytes()
 }
 
+/// An attestation (0x13, tag 21, slot 0, branch bytes 0xbb); `variant` fills the payload hash,
+/// so two variants at one (level, round) are a double attestation.
+pub fn attestation(chain: [u8; 4], level: i32, round: i32, variant: u8) -> Vec<u8> {
+    consensus_op(0x13, 21, chain, level, round, variant)
+}
+
 /// A preattestation (0x12, tag 20), as [`attestation`].
 pub fn preattestation(chain: [u8; 4], level: i32, round: i32, variant: u8) -> Vec<u8> {
-    ConsensusOp {
-        magic: 0x12,
-        chain,
-        branch_byte: 0xbb,
-        tag: 20,
-        slot: 0,
-        level,
-        round,
-        payload_hash_byte: variant,
-    }
-    .bytes()
+    consensus_op(0x12, 20, chain, level, round, variant)
+}
+
+/// A tz4 attestation (0x13, tag 41: no slot), as [`attestation`]. The consensus key and its
+/// companion key receive these very bytes.
+pub fn bls_attestation(chain: [u8; 4], level: i32, round: i32, variant: u8) -> Vec<u8> {
+    consensus_op(0x13, 41, chain, level, round, variant)
+}
+
+/// A tz4 preattestation (0x12, tag 40), as [`attestation`].
+pub fn bls_preattestation(chain: [u8; 4], level: i32, round: i32, variant: u8) -> Vec<u8> {
+    consensus_op(0x12, 40, chain, level, round, variant)
 }
 
 /// A generic operation (0x03): branch then an opaque body. Not watermarked; a policy matter.

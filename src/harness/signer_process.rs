@@ -69,14 +69,14 @@ pub struct TestSignerProcess {
     proc: Option<Proc>,
     bin: PathBuf,
     addr: SocketAddr,
-    seeds: Vec<[u8; 32]>,
+    keys: Vec<TestKey>,
     pkhs: Vec<Pkh>,
     control: SignerControl,
 }
 
 impl TestSignerProcess {
     /// Start `bin` (in tests: `env!("CARGO_BIN_EXE_test-signer")`) on a free loopback port with
-    /// one key per seed, in `mode`.
+    /// one tz1 key per seed, in `mode`.
     pub async fn start(bin: impl AsRef<Path>, seeds: &[[u8; 32]], mode: Mode) -> anyhow::Result<TestSignerProcess> {
         TestSignerProcess::start_on(bin, SocketAddr::from(([127, 0, 0, 1], 0)), seeds, mode).await
     }
@@ -88,13 +88,24 @@ impl TestSignerProcess {
         seeds: &[[u8; 32]],
         mode: Mode,
     ) -> anyhow::Result<TestSignerProcess> {
+        let keys: Vec<TestKey> = seeds.iter().map(|s| TestKey::from_seed(*s)).collect();
+        TestSignerProcess::start_keys(bin, listen, &keys, mode).await
+    }
+
+    /// As [`TestSignerProcess::start_on`] with any keys (tz1 and tz4).
+    pub async fn start_keys(
+        bin: impl AsRef<Path>,
+        listen: SocketAddr,
+        keys: &[TestKey],
+        mode: Mode,
+    ) -> anyhow::Result<TestSignerProcess> {
         let bin = bin.as_ref().to_path_buf();
-        let (proc, addr, pkhs) = spawn(&bin, listen, seeds, mode).await?;
+        let (proc, addr, pkhs) = spawn(&bin, listen, keys, mode).await?;
         Ok(TestSignerProcess {
             proc: Some(proc),
             bin,
             addr,
-            seeds: seeds.to_vec(),
+            keys: keys.to_vec(),
             pkhs,
             control: SignerControl::new(addr),
         })
@@ -110,9 +121,9 @@ impl TestSignerProcess {
         &self.pkhs
     }
 
-    /// The keys, in seed order.
+    /// The keys, in the order given.
     pub fn keys(&self) -> Vec<TestKey> {
-        self.seeds.iter().map(|s| TestKey::from_seed(*s)).collect()
+        self.keys.clone()
     }
 
     /// Control client.
@@ -154,7 +165,7 @@ impl TestSignerProcess {
         // The port was just ours; retry briefly in case the kernel is slow to release it.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match spawn(&self.bin, self.addr, &self.seeds, mode).await {
+            match spawn(&self.bin, self.addr, &self.keys, mode).await {
                 Ok((proc, _, _)) => {
                     self.proc = Some(proc);
                     return Ok(());
@@ -172,13 +183,16 @@ impl TestSignerProcess {
 async fn spawn(
     bin: &Path,
     listen: SocketAddr,
-    seeds: &[[u8; 32]],
+    keys: &[TestKey],
     mode: Mode,
 ) -> anyhow::Result<(Proc, SocketAddr, Vec<Pkh>)> {
     let mut cmd = Command::new(bin);
     cmd.arg("--listen").arg(listen.to_string());
-    for s in seeds {
-        cmd.arg("--seed").arg(hex::encode(s));
+    for k in keys {
+        match k.seed() {
+            Some(seed) => cmd.arg("--seed").arg(hex::encode(seed)),
+            None => cmd.arg("--bls-key").arg(k.secret_key()),
+        };
     }
     cmd.arg("--mode").arg(mode.to_string());
     cmd.stderr(if verbose() { Stdio::inherit() } else { Stdio::null() });

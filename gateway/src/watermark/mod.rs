@@ -362,13 +362,24 @@ mod tests {
     use Step::{Set, Sig, Sign};
     use Want::{Recorded, Refused, Repeat};
 
-    /// Every row of protocol.md §3, plus independence and boundaries. One case per line.
+    /// A tz4 key: the rule is the same whatever the key type.
+    pub(crate) fn tz4_pkh() -> Pkh {
+        Pkh {
+            curve: Curve::Bls,
+            hash: [4; 20],
+        }
+    }
+
+    /// Every row of protocol.md §3, plus independence and boundaries, for the key `base`. One
+    /// case per line.
     #[rustfmt::skip]
-    fn table() -> Vec<Case> {
-        let ka = key(A);
-        let kb = key(B);
-        let kp = key(P);
-        let other_pkh = MarkKey { pkh: pkh(7), ..ka };
+    fn table(base: Pkh) -> Vec<Case> {
+        let ka = MarkKey { pkh: base, ..key(A) };
+        let kb = MarkKey { pkh: base, ..key(B) };
+        let kp = MarkKey { pkh: base, ..key(P) };
+        // A tz4 consensus key's companion is another key with marks of its own.
+        let other = if base.curve == Curve::Bls { Pkh { curve: Curve::Bls, hash: [5; 20] } } else { pkh(7) };
+        let other_pkh = MarkKey { pkh: other, ..ka };
         let other_chain = MarkKey { chain: chain(9), ..ka };
         let max = i32::MAX;
         vec![
@@ -427,12 +438,14 @@ mod tests {
     /// Runs every case of the table. `fresh(true)` must give a new empty store, on which the
     /// case's history is played; that handle is dropped, then `fresh(false)` gives the store the
     /// request is checked on: the same one, or (file store) the same state reopened.
+    /// Run the table for a tz1 and a tz4 key on stores made by `fresh` (`true`: a new one;
+    /// `false`: the same one reopened).
     pub(crate) async fn run_table<F>(mut fresh: F)
     where
         F: FnMut(bool) -> Arc<dyn WatermarkStore>,
     {
-        let cases = table();
-        assert!(cases.len() >= 30, "table has {} cases", cases.len());
+        let cases: Vec<Case> = [pkh(0), tz4_pkh()].into_iter().flat_map(table).collect();
+        assert!(cases.len() >= 60, "table has {} cases", cases.len());
         for c in cases {
             let store = fresh(true);
             for step in &c.before {
@@ -461,7 +474,7 @@ mod tests {
                 }
                 Err(e) => Want::Refused(e.reason()),
             };
-            assert_eq!(got, c.want, "case {:?}", c.name);
+            assert_eq!(got, c.want, "case {:?} for {}", c.name, c.req.key);
             let after = store.list();
             let mark = after.iter().find(|(k, _)| *k == c.req.key).map(|(_, m)| m.clone());
             match c.want {
