@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
-if command -v npm >/dev/null 2>&1 && [ ! -d tests/taquito/node_modules ]; then
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/taquito/node_modules/@taquito/signer ]; then
   echo "== installing the Taquito interop test's Node packages"
   npm ci --prefix tests/taquito --no-audit --no-fund --loglevel=error
 fi

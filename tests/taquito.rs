@@ -1,6 +1,10 @@
 //! Interop: Taquito's `RemoteSigner` (a third-party client) against the gateway, under a path
 //! prefix. Taquito fetches the public key, checks it hashes to the pkh, and verifies the
-//! signature; `tests/taquito/sign.mjs` verifies once more, and so do we, in Rust.
+//! signature; `tests/taquito/sign.mjs` verifies once more, and so do we, in Rust. For tz4,
+//! the signer sits behind a real tunnel (`signer-tunnel`), as a Pi signer does, and Taquito 25
+//! verifies the BLS signatures (`RemoteSigner` 21, the newest, cannot decode `BLsig`, so
+//! `sign.mjs` makes its HTTP calls through `RemoteSigner`'s own client and verifies with
+//! `@taquito/utils` 25: see `sign.mjs`).
 //!
 //! Needs Node.js (`node` on PATH; set `SKIP_NODE_TESTS=1` to skip loudly) and the npm
 //! packages in `tests/taquito/node_modules` (installed here with `npm ci` when missing), and
@@ -10,8 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use gateway_e2e::harness::{attestation, generic_operation, Gateway, GatewayConfig, TestSignerProcess, TEST_CHAIN};
-use gateway_e2e::test_signer::{seed, Mode};
+use gateway_e2e::harness::{
+    attestation, block, bls_attestation, bls_preattestation, generic_operation, Gateway, GatewayConfig,
+    TestSignerProcess, TEST_CHAIN,
+};
+use gateway_e2e::ssh_client::SshKey;
+use gateway_e2e::test_signer::{bls_key_from_seed, seed, Mode};
+use gateway_e2e::tunnel_harness::{TunnelClient, TunnelConfig};
 use serde_json::Value;
 use signer_gateway::tezos::PublicKey;
 use tokio::process::Command;
@@ -40,7 +49,10 @@ async fn node_or_skip() -> Option<String> {
 /// Run `npm ci` once if `node_modules` is missing.
 async fn ensure_node_modules() {
     let dir = taquito_dir();
-    if dir.join("node_modules/@taquito/remote-signer").is_dir() {
+    if ["remote-signer", "signer", "utils"]
+        .iter()
+        .all(|p| dir.join("node_modules/@taquito").join(p).is_dir())
+    {
         return;
     }
     eprintln!("tests/taquito/node_modules missing: running `npm ci` (needs the npm registry)");
@@ -144,6 +156,62 @@ async fn taquito_remote_signer_signs_through_the_gateway() {
     let (ok, out) = taquito_sign(&base, &generic_no.to_string(), &generic_operation(2)).await;
     assert!(!ok && out["ok"] == false, "generic op must be refused: {out}");
     assert_eq!(out["status"], 403, "{out}");
+}
+
+/// tz4 blocks, preattestations and attestations signed by a tz4 test signer behind a
+/// `signer-tunnel` reverse tunnel, asked for and verified by Taquito.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taquito_signs_tz4_through_a_tunnel() {
+    if node_or_skip().await.is_none() {
+        return;
+    }
+    ensure_node_modules().await;
+    let dir = tempfile::Builder::new().prefix("taquito-tz4-").tempdir().unwrap();
+    let key = SshKey::generate(dir.path(), "pi_ed25519").unwrap();
+    let bls = bls_key_from_seed(44);
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let pi = TestSignerProcess::start_keys(BIN, any, std::slice::from_ref(&bls), Mode::Ok)
+        .await
+        .unwrap();
+    let yaml = format!(
+        r#"api: {{listen: 127.0.0.1:0, path_prefix: /signer}}
+admin: {{listen: 127.0.0.1:0}}
+watermark: {{backend: file, dir: "{{dir}}/watermarks", create_if_missing: true}}
+ssh: {{listen: 127.0.0.1:0, host_key: "{{dir}}/ssh_host_ed25519_key"}}
+signers:
+  - name: pi
+    tunnel: {{keys: ["{}"]}}
+health_check: {{interval: 200ms, timeout: 500ms, rise: 1, fall: 1}}
+log_format: text
+"#,
+        key.public
+    );
+    let gw = Gateway::start_in(dir.path(), &yaml).await.unwrap();
+    let (ssh, host_key) = gw.ssh_endpoint().unwrap();
+    let _tunnel = TunnelClient::start(dir.path(), &TunnelConfig::new(ssh, &host_key, &key.private, pi.addr())).unwrap();
+    gw.wait_signers_up(&["pi"], Duration::from_secs(20)).await.unwrap();
+    let base = gw.api_url("/signer");
+    let pkh = bls.pkh().to_string();
+    let cases = [
+        ("block", block(TEST_CHAIN, 200, 0, 1).unwrap()),
+        ("preattestation (tag 40)", bls_preattestation(TEST_CHAIN, 200, 0, 1)),
+        ("attestation (tag 41)", bls_attestation(TEST_CHAIN, 200, 0, 1)),
+    ];
+    for (case, bytes) in cases {
+        let (ok, out) = taquito_sign(&base, &pkh, &bytes).await;
+        assert!(ok && out["ok"] == true, "{case}: {out}");
+        assert_eq!(out["pkh"], pkh, "{case}");
+        assert_eq!(out["public_key"], bls.public_key().to_string(), "{case}");
+        let sig = out["signature"].as_str().unwrap();
+        assert!(sig.starts_with("BLsig"), "{case}: {sig}");
+        bls.public_key()
+            .verify(&bytes, sig)
+            .unwrap_or_else(|e| panic!("{case}: signature does not verify in Rust: {e}"));
+    }
+    assert_eq!(pi.stats().await.unwrap().signs, 3, "all three went through the tunnel");
+    // A double attestation reaches Taquito as a 409.
+    let (ok, out) = taquito_sign(&base, &pkh, &bls_attestation(TEST_CHAIN, 200, 0, 2)).await;
+    assert!(!ok && out["status"] == 409, "{out}");
 }
 
 /// The gateway verifies tz2 (secp256k1) and tz3 (P-256) signatures with its own encodings:
