@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`config`]: the YAML file, parsed strictly and validated before anything starts.
-//! - [`tezos`]: base58check encodings, key hashes, signature verification.
+//! - [`tezos`]: base58check encodings, key hashes, signature verification ([`tezos::bls`]
+//!   for tz4).
 //! - [`payload`]: strict parser of the bytes to sign (kind, chain, level, round).
 //! - [`watermark`]: the high-watermark rule and its stores (memory, file).
 //! - [`pool`]: signers in priority order, health checks, failover; [`pool::Connect`] is
