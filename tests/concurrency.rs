@@ -121,3 +121,69 @@ async fn one_winner(key: TestKey, attestation: Build, preattestation: Build) {
     assert_eq!(body["signature"].as_str(), Some(sig.as_str()));
     assert_eq!(signer.stats().signs, signs_before + 1);
 }
+
+/// The per-key lock covers the watermark check only: with a slow signer, a request for level
+/// L+1 is answered without waiting for L's signer, and identical requests in flight still get
+/// one signature from one signer call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_higher_level_never_waits_on_a_lower_ones_signer() {
+    const SIGNER_DELAY: Duration = Duration::from_secs(3);
+    let signer = TestSigner::spawn(TestSignerOptions {
+        seeds: vec![],
+        keys: vec![key_from_seed(2)],
+        mode: gateway_e2e::test_signer::Mode::Slow(SIGNER_DELAY),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pkh = signer.pkhs()[0];
+    let mut cfg = GatewayConfig::new(&[("primary", signer.addr())]);
+    // The probes are as slow as the signs: give them (and the signs) room.
+    cfg.health_timeout = "10s".into();
+    cfg.request_timeout = "10s".into();
+    let gw = Gateway::start(&cfg.to_yaml()).await.unwrap();
+    gw.wait_signers_up(&["primary"], Duration::from_secs(30)).await.unwrap();
+    let (api, client) = (gw.api, Client::new().with_timeout(Duration::from_secs(30)));
+    // The public key first (as a baker's first call does), so the signs below reach the
+    // watermark in the order they are sent.
+    let (status, _) = client.get(&gw.api_url(&format!("/keys/{pkh}"))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    let sign_at = |level: i32, variant: u8| {
+        let c = client.clone();
+        async move {
+            let r = c.sign(api, "", pkh, &attestation(TEST_CHAIN, level, 0, variant)).await;
+            (r, started.elapsed())
+        }
+    };
+    let before = signer.stats().sign_requests;
+    let low = tokio::spawn(sign_at(10, 1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let high = tokio::spawn(sign_at(11, 1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Identical requests for level 12, all at once: one of them asks the signer.
+    let identical: Vec<_> = (0..16).map(|_| tokio::spawn(sign_at(12, 1))).collect();
+    let ((low_reply, low_done), (high_reply, high_done)) = (low.await.unwrap(), high.await.unwrap());
+    let low_reply = low_reply.unwrap();
+    assert_eq!(low_reply.0, StatusCode::OK, "{}", low_reply.1);
+    let high_reply = high_reply.unwrap();
+    assert_eq!(high_reply.0, StatusCode::OK, "{}", high_reply.1);
+    // Behind the lock, L+1 would end a whole signer delay after L.
+    assert!(
+        high_done < low_done + SIGNER_DELAY / 2,
+        "level 11 answered at {high_done:?}, level 10 at {low_done:?}: it waited for level 10's signer"
+    );
+    let mut signatures = BTreeSet::new();
+    for h in identical {
+        let (reply, _) = h.await.unwrap();
+        let (status, body) = reply.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        signatures.insert(body["signature"].as_str().unwrap().to_string());
+    }
+    assert_eq!(signatures.len(), 1, "{signatures:?}");
+    let asked = signer.stats().sign_requests - before;
+    assert_eq!(
+        asked, 3,
+        "levels 10, 11 and one call for the 16 identical level-12 requests"
+    );
+}

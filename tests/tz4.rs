@@ -154,6 +154,13 @@ async fn tz4_signs_every_consensus_kind_under_the_scheme_asked_for() {
     let reply = rig.sign(key, Some("version=1"), &again).await;
     signed(&reply, key, &again, BlsScheme::Augmented);
     assert_eq!(signer_of(&reply), "cache");
+    // ... for its own scheme only: the same bytes under the other scheme would be a second,
+    // different signature of one operation.
+    refused(
+        &rig.sign(key, Some("version=2"), &again).await,
+        StatusCode::CONFLICT,
+        "augmented",
+    );
     // The watermark holds for tz4 exactly as for tz1.
     let conflicting = bls_attestation(TEST_CHAIN, 13, 0, 2);
     refused(

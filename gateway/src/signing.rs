@@ -20,8 +20,9 @@ use crate::pool::{AttemptFailure, Pool, PoolError, Verdict};
 use crate::tezos::{blake2b_256, BlsScheme, Curve, Pkh, PublicKey, TezosError};
 use crate::watermark::{MarkKey, MarkRequest, Outcome, WatermarkError, WatermarkStore};
 
-/// Why a request was not signed. One variant per answer a client can get.
-#[derive(Debug, thiserror::Error)]
+/// Why a request was not signed. One variant per answer a client can get. `Clone` so that
+/// identical requests joining one signature in flight all get its answer.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SignError {
     /// Malformed request (body, path or payload).
     #[error("{0}")]
@@ -51,6 +52,17 @@ pub enum SignError {
     /// The high watermark refused, or could not be made durable.
     #[error(transparent)]
     Watermark(#[from] WatermarkError),
+    /// These very bytes were signed for this tz4 key under the other BLS scheme: signing them
+    /// again would release a second, different signature of one operation.
+    #[error("these bytes were already signed with {pkh} under the {signed} scheme; the request asks for {asked}")]
+    OtherScheme {
+        /// Key named in the request.
+        pkh: Pkh,
+        /// Scheme of the signature already released.
+        signed: &'static str,
+        /// Scheme this request asks for.
+        asked: &'static str,
+    },
     /// No signer could answer.
     #[error("no signer available ({})", .attempts.join("; "))]
     NoSigner {
@@ -86,7 +98,7 @@ impl SignError {
             SignError::Policy { .. } | SignError::Unverifiable { .. } => StatusCode::FORBIDDEN,
             SignError::UnknownKey(_) => StatusCode::NOT_FOUND,
             SignError::Watermark(WatermarkError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            SignError::Watermark(_) => StatusCode::CONFLICT,
+            SignError::Watermark(_) | SignError::OtherScheme { .. } => StatusCode::CONFLICT,
             SignError::NoSigner { .. } => StatusCode::SERVICE_UNAVAILABLE,
             SignError::SignerRefused { status, .. } if *status == StatusCode::BAD_GATEWAY => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -108,6 +120,7 @@ impl SignError {
                 crate::watermark::RefusalReason::DifferentData => "signer_gateway.different_data",
                 crate::watermark::RefusalReason::Store => "signer_gateway.watermark_store",
             },
+            SignError::OtherScheme { .. } => "signer_gateway.signed_under_other_scheme",
             SignError::NoSigner { .. } => "signer_gateway.no_signer",
             SignError::SignerRefused { .. } => "signer_gateway.signer_refused",
         }
@@ -133,9 +146,9 @@ pub struct Signed {
 
 /// Per-(chain, key, kind) async locks, removed when unused.
 ///
-/// Held from the watermark check until the signature is stored, so identical concurrent
-/// requests all get the one signature (a Ledger refuses to sign the same bytes twice) and
-/// unrelated keys never wait on each other.
+/// Held for the watermark's check-and-record (and the durable write it waits for) and the
+/// in-flight bookkeeping only, never across a signer's round trip: a request for a higher
+/// level never waits on a lower one's signer, and unrelated keys never wait on each other.
 #[derive(Default)]
 struct KeyLocks {
     map: Mutex<HashMap<MarkKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -173,6 +186,48 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
+/// What identifies one signature in flight: the mark, the digest of the bytes and the BLS
+/// scheme (always proof of possession for other curves, where `version` changes nothing).
+type FlightKey = (MarkKey, [u8; 32], BlsScheme);
+
+/// The answer of a signature in flight, once there is one.
+type FlightResult = Option<Result<Signed, SignError>>;
+
+/// Signatures in flight: identical requests that arrive while the first one's signer works
+/// wait for its answer instead of asking a signer again (a Ledger refuses to sign the same
+/// bytes twice).
+#[derive(Default)]
+struct InFlight {
+    map: Mutex<HashMap<FlightKey, tokio::sync::watch::Receiver<FlightResult>>>,
+}
+
+/// Removes a signature's in-flight entry however its request ends (answered, failed, or
+/// dropped because the client went away); joiners then see the sender gone and retry.
+struct FlightGuard<'a> {
+    flights: &'a InFlight,
+    key: FlightKey,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.flights
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// What the watermark check decided for one request.
+enum Checked {
+    /// An identical repeat, answered from the mark.
+    Cached(Signed),
+    /// The mark is durable: this request asks a signer and publishes the answer.
+    Lead(tokio::sync::watch::Sender<FlightResult>),
+    /// The identical request already signing answers this one too.
+    Join(tokio::sync::watch::Receiver<FlightResult>),
+}
+
 /// The signing service shared by every API connection.
 pub struct Signing {
     pool: Arc<Pool>,
@@ -181,6 +236,7 @@ pub struct Signing {
     metrics: Arc<Metrics>,
     keys: RwLock<HashMap<Pkh, PublicKey>>,
     locks: KeyLocks,
+    flights: InFlight,
 }
 
 impl Signing {
@@ -193,6 +249,7 @@ impl Signing {
             metrics,
             keys: RwLock::new(HashMap::new()),
             locks: KeyLocks::default(),
+            flights: InFlight::default(),
         }
     }
 
@@ -356,28 +413,95 @@ impl Signing {
             round: c.round,
             digest: blake2b_256(bytes),
         };
+        let flight_key = (
+            req.key,
+            req.digest,
+            if pkh.curve == Curve::Bls {
+                scheme
+            } else {
+                BlsScheme::ProofOfPossession
+            },
+        );
+        loop {
+            let tx = match self.check_or_join(&req, flight_key, &pk, bytes, scheme).await? {
+                Checked::Cached(signed) => return Ok(signed),
+                Checked::Lead(tx) => tx,
+                Checked::Join(mut rx) => {
+                    // If the leading request was dropped (its client went away) before it
+                    // answered, check again from the top: this request may lead now.
+                    let answer = rx.wait_for(Option::is_some).await.ok().and_then(|a| a.clone());
+                    match answer {
+                        Some(result) => return result,
+                        None => continue,
+                    }
+                }
+            };
+            let _flight = FlightGuard {
+                flights: &self.flights,
+                key: flight_key,
+            };
+            let result = self.forward(&path, bytes, &pk, scheme).await;
+            if let Ok(signed) = &result {
+                if let Err(e) = self.store.record_signature(&req, &signed.signature).await {
+                    // The mark itself is durable; only the cached answer for repeats is lost.
+                    warn!(key = %pkh, error = %e, "could not keep the signature for identical repeats");
+                }
+            }
+            tx.send_replace(Some(result.clone()));
+            return result;
+        }
+    }
+
+    /// Under the key's lock: join an identical signature in flight, or check and record the
+    /// mark durably and lead.
+    async fn check_or_join(
+        &self,
+        req: &MarkRequest,
+        flight_key: FlightKey,
+        pk: &PublicKey,
+        bytes: &[u8],
+        scheme: BlsScheme,
+    ) -> Result<Checked, SignError> {
         let _guard = self.locks.lock(req.key).await;
+        if let Some(rx) = self
+            .flights
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&flight_key)
+        {
+            return Ok(Checked::Join(rx.clone()));
+        }
         let checked = Instant::now();
-        let outcome = self.store.check_and_record(&req).await;
+        let outcome = self.store.check_and_record(req).await;
         self.metrics.watermark_duration.observe(checked.elapsed().as_secs_f64());
         self.metrics.store_healthy.set(i64::from(self.store.health().healthy));
         match outcome? {
             Outcome::Repeat(Some(signature)) => {
-                return Ok(Signed {
+                // A tz4 signature kept for these bytes answers only a request for its scheme.
+                if pk.verify_as(bytes, &signature, scheme).is_err() {
+                    return Err(SignError::OtherScheme {
+                        pkh: req.key.pkh,
+                        signed: scheme.other().as_str(),
+                        asked: scheme.as_str(),
+                    });
+                }
+                return Ok(Checked::Cached(Signed {
                     signature,
                     signer: "cache".into(),
-                })
+                }));
             }
             // Same bytes as the mark but no signature kept (lost with a crash, or the first
             // attempt failed): signing identical bytes again is not a double signature.
             Outcome::Repeat(None) | Outcome::Recorded => {}
         }
-        let signed = self.forward(&path, bytes, &pk, scheme).await?;
-        if let Err(e) = self.store.record_signature(&req, &signed.signature).await {
-            // The mark itself is durable; only the cached answer for repeats is lost.
-            warn!(key = %pkh, error = %e, "could not keep the signature for identical repeats");
-        }
-        Ok(signed)
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        self.flights
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(flight_key, rx);
+        Ok(Checked::Lead(tx))
     }
 
     fn check_policy(&self, pkh: Pkh, payload: Payload) -> Result<(), SignError> {
