@@ -125,7 +125,9 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Cancel `shutdown` on SIGTERM (systemd, Kubernetes) or SIGINT.
+/// Cancel `shutdown` on SIGTERM (systemd, Kubernetes) or SIGINT; a second signal while the
+/// graceful stop runs exits the process at once (status 130), as an operator who presses
+/// Ctrl-C twice expects.
 pub async fn cancel_on_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -140,6 +142,12 @@ pub async fn cancel_on_signals(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal received: exiting now, without waiting for the graceful stop");
+    std::process::exit(130);
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub mod watermark;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -47,6 +48,10 @@ use tracing::{info, warn};
 use crate::config::{Settings, SignerRoute, WatermarkBackend, WatermarkConfig};
 use crate::pool::{Connect, Pool, PoolObserver, Signer, TcpConnect};
 use crate::watermark::{FileStore, MemoryStore, OpenError, WatermarkStore};
+
+/// How long the last step of a stop (sessions and background tasks ending after their sockets
+/// were shut down) may take before the gateway exits anyway.
+pub const STOP_BOUND: Duration = Duration::from_secs(2);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +205,10 @@ impl Gateway {
         self.ssh.as_ref().map(|(b, _)| b.fingerprint().to_string())
     }
 
-    /// Serve until `shutdown` fires, then stop accepting, give in-flight requests
-    /// `shutdown_grace` to finish, and return.
+    /// Serve until `shutdown` fires, then stop in this order: stop accepting (API, admin,
+    /// SSH); let in-flight HTTP requests finish, through tunnels too, within `shutdown_grace`;
+    /// end every SSH session at once; stop the background tasks, waiting at most
+    /// [`STOP_BOUND`] for them. The whole stop is bounded.
     pub async fn run(self, shutdown: CancellationToken) {
         let cfg = &self.settings.config;
         let tracker = TaskTracker::new();
@@ -218,7 +225,7 @@ impl Gateway {
         let admin = Arc::new(admin::Admin::new(
             Arc::clone(&self.signing),
             Arc::clone(&self.metrics),
-            broker,
+            broker.clone(),
         ));
         let ssh_loop = self
             .ssh
@@ -260,9 +267,15 @@ impl Gateway {
         if tokio::time::timeout(cfg.shutdown_grace, drain).await.is_err() {
             warn!("shutdown grace period over: closing the remaining connections");
         }
+        // Only now the tunnels: a request in flight through one had its answer above.
+        if let Some(broker) = &broker {
+            broker.close_all().await;
+        }
         background.cancel();
         tracker.close();
-        tracker.wait().await;
+        if tokio::time::timeout(STOP_BOUND, tracker.wait()).await.is_err() {
+            warn!(bound = ?STOP_BOUND, "tasks still running after the stop bound: exiting anyway");
+        }
         info!("stopped");
     }
 }

@@ -193,6 +193,9 @@ pub struct Broker {
     info: Mutex<HashMap<String, TunnelInfo>>,
     observer: OnceLock<Arc<dyn RouteObserver>>,
     next_session: AtomicU64,
+    /// Every live session's socket, routed or not (a session holding no forward too), so a
+    /// shutdown can end them all at once.
+    sessions: Mutex<HashMap<u64, Arc<std::net::TcpStream>>>,
     auth_log: Mutex<LogLimiter>,
     metrics: Arc<Metrics>,
 }
@@ -243,6 +246,7 @@ impl Broker {
             info: Mutex::new(HashMap::new()),
             observer: OnceLock::new(),
             next_session: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
             auth_log: Mutex::new(LogLimiter::new()),
             metrics,
         }
@@ -346,20 +350,35 @@ impl Broker {
             let span = tracing::info_span!("ssh", session = id, %peer);
             tracker.spawn(broker.run_session(id, stream, peer, permit).instrument(span));
         }
+        // Sessions stay up: requests still in flight through them finish first, then the
+        // gateway calls `close_all`.
+    }
+
+    /// End every SSH session at once, routed or not: a polite disconnect to the routed ones
+    /// (bounded, all in parallel), then every socket shut down, which ends even a session
+    /// whose peer is silent or that never asked for a forward.
+    pub async fn close_all(&self) {
         let routes: Vec<_> = self.routes().drain().collect();
-        for (name, route) in routes {
+        let goodbyes = routes.iter().map(|(name, route)| {
             info!(signer = %name, "closing tunnel session: gateway shutting down");
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
+            tokio::time::timeout(
+                Duration::from_millis(500),
                 route.handle.disconnect(
                     russh::Disconnect::ByApplication,
                     "gateway shutting down".into(),
                     "".into(),
                 ),
             )
-            .await;
-            let _ = route.socket.shutdown(Shutdown::Both);
+        });
+        futures_util::future::join_all(goodbyes).await;
+        let sockets: Vec<_> = self.sessions().values().cloned().collect();
+        for socket in sockets {
+            let _ = socket.shutdown(Shutdown::Both);
         }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<std::net::TcpStream>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn log_auth_failure(&self, peer: SocketAddr, what: &str) {
@@ -391,6 +410,7 @@ impl Broker {
             Err(e) => return warn!(error = %e, "cannot duplicate the ssh socket"),
         };
         let (socket, stream) = socket;
+        self.sessions().insert(id, Arc::clone(&socket));
         let (authed_tx, authed_rx) = oneshot::channel();
         let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = SessionHandler {
@@ -428,6 +448,7 @@ impl Broker {
             Err(e) => e.to_string(),
         };
         let _ = socket.shutdown(Shutdown::Both);
+        self.sessions().remove(&id);
         self.session_ended(id, &reason);
     }
 

@@ -168,6 +168,24 @@ impl Gateway {
         p.terminate(within).await
     }
 
+    /// Send `sig` (e.g. `libc::SIGTERM`) to the current run without waiting.
+    pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
+        let pid = self.pid().context("gateway is not running")?;
+        super::process::signal(pid, sig)
+    }
+
+    /// Wait up to `within` for the current run to exit; SIGKILL and an error past that.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut p = self.proc.take().context("gateway is not running")?;
+        match p.wait_exit(within).await {
+            Some(status) => Ok(status),
+            None => {
+                p.kill();
+                anyhow::bail!("gateway still running {within:?} later: killed")
+            }
+        }
+    }
+
     /// Kill the current run if any, then start again in the same dir with the same config.
     /// Listen addresses may change (port 0): read [`Gateway::api`] again.
     pub async fn restart(&mut self) -> anyhow::Result<()> {

@@ -105,7 +105,7 @@ impl Proc {
         }
     }
 
-    async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
