@@ -1371,10 +1371,29 @@ async fn long_outage_recovers_without_waiting_out_the_backoff_body(rig: &mut Rig
     Ok(())
 }
 
+/// Read notifications from `sock` into `messages` until `done` holds for them.
+async fn notifications_until(
+    sock: &tokio::net::UnixDatagram,
+    messages: &mut Vec<String>,
+    done: impl Fn(&[String]) -> bool,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + CONNECT_SETTLE;
+    while !done(messages) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(!left.is_zero(), "notifications so far: {messages:?}");
+        if let Ok(Ok(n)) = tokio::time::timeout(left, sock.recv(&mut buf)).await {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    Ok(())
+}
+
 rig_test!(
-    /// systemd `Type=notify`: READY=1 only once the forward is accepted, STATUS lines naming
-    /// the uplink and the state, WATCHDOG=1 pings when WatchdogSec is set, STOPPING=1 on
-    /// SIGTERM. The notify socket is a real unix datagram socket, as systemd's.
+    /// systemd `Type=notify`: READY=1 as soon as the supervisor runs, STATUS lines saying
+    /// whether it forwards, naming the uplink and the gateway, WATCHDOG=1 pings (fed from the
+    /// supervisor's loop) when WatchdogSec is set, STOPPING=1 on SIGTERM. The notify socket is
+    /// a real unix datagram socket, as systemd's.
     systemd_notifications,
     systemd_notifications_body
 );
@@ -1389,34 +1408,25 @@ async fn systemd_notifications_body(rig: &mut Rig) -> anyhow::Result<()> {
         &[("NOTIFY_SOCKET", path_str(&sock_path)?), ("WATCHDOG_USEC", "400000")],
     )?;
     let mut messages: Vec<String> = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let deadline = Instant::now() + CONNECT_SETTLE;
-    // Collect until READY=1 and at least two watchdog pings have arrived.
-    while !(messages.iter().any(|m| m.contains("READY=1"))
-        && messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        anyhow::ensure!(!left.is_zero(), "notifications so far: {messages:?}");
-        if let Ok(Ok(n)) = tokio::time::timeout(left, sock.recv(&mut buf)).await {
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
+    // READY, the serving STATUS and at least two watchdog pings.
+    notifications_until(&sock, &mut messages, |m| {
+        m.iter().any(|m| m.contains("READY=1"))
+            && m.iter().any(|m| m.contains("STATUS=serving"))
+            && m.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2
+    })
+    .await?;
     let ready_at = messages.iter().position(|m| m.contains("READY=1")).unwrap_or(0);
-    let status_before_ready = messages[..ready_at].iter().any(|m| m.contains("STATUS=serving"));
-    let status = messages
-        .iter()
-        .find(|m| m.contains("STATUS=serving"))
-        .cloned()
-        .unwrap_or_default();
+    let serving_at = messages.iter().position(|m| m.contains("STATUS=serving")).unwrap_or(0);
+    anyhow::ensure!(
+        ready_at < serving_at,
+        "READY comes when the supervisor runs: {messages:?}"
+    );
+    let status = &messages[serving_at];
     anyhow::ensure!(
         status.contains("via default") && status.contains(&format!("to {}", config.gateways[0])),
         "STATUS names the uplink and the gateway: {messages:?}"
     );
-    anyhow::ensure!(
-        status_before_ready || messages[ready_at].contains("STATUS="),
-        "{messages:?}"
-    );
-    // READY means the route exists: the gateway already shows the tunnel.
+    // "serving" means the route exists: the gateway already shows the tunnel.
     anyhow::ensure!(rig.tunnel_status().await?["connected"] == true);
     rig.tunnel = Some(client);
     rig.tunnel
@@ -1424,6 +1434,7 @@ async fn systemd_notifications_body(rig: &mut Rig) -> anyhow::Result<()> {
         .context("client")?
         .terminate(Duration::from_secs(10))
         .await?;
+    let mut buf = vec![0u8; 4096];
     let mut stopping = false;
     while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
         if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
@@ -1432,5 +1443,37 @@ async fn systemd_notifications_body(rig: &mut Rig) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(stopping, "no STOPPING=1 on SIGTERM");
+    Ok(())
+}
+
+rig_test!(
+    /// A Pi that boots with its signer down (a locked Ledger, a signer still starting) reaches
+    /// READY, so systemd's start timeout does not restart it, and says in STATUS that it does
+    /// not forward; once the signer answers, STATUS says it serves.
+    systemd_ready_with_the_signer_down,
+    systemd_ready_with_the_signer_down_body
+);
+
+async fn systemd_ready_with_the_signer_down_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let sock_path = rig.dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path)?;
+    rig.pi.kill();
+    let config = rig.tunnel_config();
+    rig.tunnel = Some(TunnelClient::start_with_env(
+        rig.dir.path(),
+        &config,
+        &[("NOTIFY_SOCKET", path_str(&sock_path)?)],
+    )?);
+    let mut messages: Vec<String> = Vec::new();
+    notifications_until(&sock, &mut messages, |m| {
+        m.iter().any(|m| m.contains("READY=1")) && m.iter().any(|m| m.contains("STATUS=forward withdrawn"))
+    })
+    .await?;
+    anyhow::ensure!(
+        !messages.iter().any(|m| m.contains("STATUS=serving")),
+        "no signer, yet serving: {messages:?}"
+    );
+    rig.pi.restart(Mode::Ok).await?;
+    notifications_until(&sock, &mut messages, |m| m.iter().any(|m| m.contains("STATUS=serving"))).await?;
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! What `signer-gateway` and `signer-tunnel` share: loading a strict YAML config with errors
-//! that name the field, the exit code for a bad config, logging set-up, and turning SIGTERM /
-//! SIGINT into a cancellation. Kept tiny: the Pi binary links it too.
+//! that name the field, the exit code for a bad config, logging set-up, turning SIGTERM /
+//! SIGINT into a cancellation, and files written durably ([`durable`]). Kept tiny: the Pi
+//! binary links it too.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod durable;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

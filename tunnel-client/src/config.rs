@@ -222,8 +222,14 @@ impl HostKeyPin {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let line = key.to_openssh().map_err(|e| e.to_string())?;
-                    std::fs::write(path, format!("{line}\n"))
-                        .map_err(|e| format!("cannot write trust-on-first-use file {}: {e}", path.display()))?;
+                    // Durably, and only if still absent: a power cut mid-write must not leave
+                    // a truncated pin that fails every connection until someone logs in.
+                    match signer_common::durable::durable_create_path(path, format!("{line}\n").as_bytes(), 0o644) {
+                        Ok(()) => {}
+                        // Written meanwhile (another check): that pin decides.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return self.check(key),
+                        Err(e) => return Err(format!("cannot write trust-on-first-use file {}: {e}", path.display())),
+                    }
                     tracing::warn!(fingerprint = %fp, file = %path.display(), "trusting the gateway's host key on first use");
                     Ok(())
                 }

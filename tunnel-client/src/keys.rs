@@ -1,7 +1,5 @@
 //! The Pi's identity key.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use rand::RngCore as _;
@@ -23,15 +21,10 @@ pub fn generate(path: &Path, comment: &str) -> Result<String, String> {
     key.set_comment(comment);
     let private = key.to_openssh(LineEnding::LF).map_err(|e| e.to_string())?;
     let public = key.public_key().to_openssh().map_err(|e| e.to_string())?;
+    // Written durably (temp file, fsync, link into place, directory fsync): a power cut
+    // leaves no key or a whole one, never a truncated one. Never overwrites a key.
     let write = |p: &Path, text: &str, mode: u32| -> Result<(), String> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
+        signer_common::durable::durable_create_path(p, text.as_bytes(), mode)
             .map_err(|e| format!("{}: {e}", p.display()))
     };
     write(path, &private, 0o600)?;

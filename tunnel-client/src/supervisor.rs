@@ -71,7 +71,6 @@ pub fn uplink_order(count: usize, failed: Option<usize>) -> Vec<usize> {
 struct Stats {
     sessions: u64,
     switches: u64,
-    ready_sent: bool,
 }
 
 /// Try every uplink in `order` and, on each, every gateway in order; the first session wins.
@@ -126,18 +125,11 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
     let mut backoff = Backoff::new(cfg.backoff.clone());
     let mut stats = Stats::default();
     let mut failed_uplink = None;
-    if let Some(every) = notify::watchdog_interval() {
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => notify::watchdog(),
-                }
-            }
-        });
-    }
+    let mut watchdog = notify::Watchdog::from_env();
+    // Ready as soon as the supervisor runs: whether it forwards is STATUS, not readiness, so
+    // a Pi that boots with its signer locked or no uplink yet is not restarted by systemd.
+    notify::status("starting: connecting to the gateway");
+    notify::ready();
     loop {
         let signer_ok = probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout)
             .await
@@ -146,14 +138,29 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
             warn!(signer = %cfg.signer, "local signer not answering: connecting without the forward for now");
         }
         let order = uplink_order(settings.uplinks.len(), failed_uplink);
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = connect_first(&settings, &key, &order, signer_ok) => c,
+        let connect = connect_first(&settings, &key, &order, signer_ok);
+        tokio::pin!(connect);
+        let connected = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = watchdog.ping() => {}
+                c = &mut connect => break c,
+            }
         };
         let delay = match connected {
             Ok(session) => {
                 stats.sessions += 1;
-                match serve(&settings, &key, session, signer_ok, &mut stats, &shutdown).await {
+                match serve(
+                    &settings,
+                    &key,
+                    session,
+                    signer_ok,
+                    &mut stats,
+                    &mut watchdog,
+                    &shutdown,
+                )
+                .await
+                {
                     Outcome::Shutdown => return,
                     Outcome::Closed { uplink, up_for, ended } => {
                         let name = settings.uplinks.get(uplink).map_or("?", |u| u.name.as_str());
@@ -175,9 +182,14 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
                 warn!(retry_in = ?cfg.host_key_mismatch_retry, "no gateway could be reached with the pinned host key; retrying slowly");
                 notify::status("host key mismatch: not connecting");
                 // A plain sleep: the gateway being reachable is no reason to retry sooner.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(cfg.host_key_mismatch_retry) => {}
+                let sleep = tokio::time::sleep(cfg.host_key_mismatch_retry);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = watchdog.ping() => {}
+                        _ = &mut sleep => break,
+                    }
                 }
                 continue;
             }
@@ -188,9 +200,14 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
                 d
             }
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = wait_backoff(&settings, delay) => {}
+        let backoff_wait = wait_backoff(&settings, delay);
+        tokio::pin!(backoff_wait);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = watchdog.ping() => {}
+                _ = &mut backoff_wait => break,
+            }
         }
     }
 }
@@ -222,6 +239,7 @@ async fn serve(
     mut session: Session,
     forwarding: bool,
     stats: &mut Stats,
+    watchdog: &mut notify::Watchdog,
     shutdown: &CancellationToken,
 ) -> Outcome {
     let cfg = &settings.config;
@@ -240,10 +258,6 @@ async fn serve(
             "{state} via {} to {} (switches: {}, sessions: {})",
             s.uplink_name, s.gateway, stats.switches, stats.sessions
         ));
-        if s.is_forwarding() && !stats.ready_sent {
-            notify::ready();
-            stats.ready_sent = true;
-        }
     };
     report(&session, stats);
     let mut health = tokio::time::interval(hc.interval);
@@ -258,6 +272,7 @@ async fn serve(
     let mut attempt_started = Instant::now();
     loop {
         tokio::select! {
+            _ = watchdog.ping() => {}
             _ = shutdown.cancelled() => {
                 notify::stopping();
                 session.close("tunnel client stopping").await;

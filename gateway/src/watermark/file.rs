@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -45,30 +45,8 @@ const LOCK_FILE: &str = "LOCK";
 /// Version of the state file format this code reads and writes.
 const FORMAT_VERSION: u32 = 1;
 
-/// Write `bytes` to `dir/name` durably: write `dir/name.tmp`, `sync_all` it, rename it over
-/// `dir/name`, then fsync `dir` so the rename itself survives a power cut.
-///
-/// Blocking: call it from a dedicated thread or `spawn_blocking`, never on an async worker.
-pub fn durable_write(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(temp_name(name));
-    let written = write_synced(&tmp, bytes).and_then(|()| fs::rename(&tmp, dir.join(name)));
-    if let Err(e) = written {
-        // Best effort: a leftover temp file is harmless (ignored and removed at open).
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir)?.sync_all()
-}
-
-fn temp_name(name: &str) -> String {
-    format!("{name}.tmp")
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
+pub use signer_common::durable::durable_write;
+use signer_common::durable::temp_name;
 
 /// Why a [`FileStore`] could not be opened. The gateway must not start without its marks.
 #[derive(Debug, thiserror::Error)]
