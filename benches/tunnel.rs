@@ -1892,7 +1892,7 @@ async fn failover_run(rig: &mut Rig, restore: Restore) -> anyhow::Result<Failove
             Restore::InBackoff(n) => {
                 let failed = rig
                     .client()?
-                    .log_lines("cannot reach the gateway")
+                    .log_lines("connection attempt failed")
                     .into_iter()
                     .filter(|(at, _)| *at >= t0)
                     .nth(n - 1);

@@ -480,8 +480,9 @@ async fn blackholed_link_recovers_after_restore_body(rig: &mut Rig) -> anyhow::R
         let tunnel = rig.tunnel()?;
         let ended = tunnel.log_lines("session ended").first().map(|(at, _)| *at);
         if let Some(ended) = ended {
+            // One failed attempt through the dead link (others may still be pending).
             let failed = tunnel
-                .log_lines("cannot reach the gateway")
+                .log_lines("connection attempt failed")
                 .into_iter()
                 .find(|(at, _)| *at >= ended);
             if let Some((failed, _)) = failed {

@@ -3,7 +3,8 @@
 //! withdrawing the forward while the local signer does not answer.
 //!
 //! ```text
-//!   connect (uplinks in preference order, the one that just failed last)
+//!   connect (uplinks in preference order, the one that just failed last; while an attempt
+//!     │      is stuck in its handshake, another starts every second: the first wins)
 //!     │ ok                                   │ host key mismatch: error, retry slowly
 //!     ▼                                      │ other error: backoff (0.5 s … 10 s, jittered)
 //!   serving ──── local signer fails `fall` probes ──▶ forward withdrawn (gateway fails over)
@@ -106,6 +107,52 @@ async fn connect_first(
         .unwrap_or(SessionError::Resolve("no gateway configured".into())))
 }
 
+/// While every attempt so far is still pending, start another this often.
+pub const ATTEMPT_EVERY: Duration = Duration::from_secs(1);
+
+/// [`connect_first`], started again every [`ATTEMPT_EVERY`] while every earlier attempt is
+/// still pending: after an outage, an attempt begun while the link was down may sit in a
+/// handshake that will never finish (a NAT that forgot the flow, a half-dead LTE link accept
+/// the TCP connect, then nothing), and waiting out `connect_timeout` for it would keep the
+/// Pi off for seconds after its link came back. The first session wins; the other attempts
+/// are dropped, closing their sockets. Fails once every attempt has failed (a host key
+/// mismatch seen by any of them decides the error).
+async fn connect_overlapping(
+    settings: &Settings,
+    key: &Arc<PrivateKey>,
+    order: &[usize],
+    forward: bool,
+) -> Result<Session, SessionError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt as _};
+    // Every attempt gives up after its own timeouts, so this bounds how many run at once.
+    let max = (settings.config.connect_timeout.as_millis() / ATTEMPT_EVERY.as_millis()).max(1) as usize + 1;
+    let mut attempts = FuturesUnordered::new();
+    attempts.push(connect_first(settings, key, order, forward));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ATTEMPT_EVERY, ATTEMPT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed: Option<SessionError> = None;
+    loop {
+        tokio::select! {
+            done = attempts.next() => match done {
+                Some(Ok(session)) => return Ok(session),
+                Some(Err(e)) => {
+                    if !failed.as_ref().is_some_and(SessionError::is_host_key_mismatch) {
+                        failed = Some(e);
+                    }
+                }
+                None => {}
+            },
+            _ = tick.tick(), if !attempts.is_empty() && attempts.len() < max => {
+                info!(pending = attempts.len(), "connection attempt still pending: starting another");
+                attempts.push(connect_first(settings, key, order, forward));
+            }
+        }
+        if attempts.is_empty() {
+            return Err(failed.unwrap_or(SessionError::Resolve("no gateway configured".into())));
+        }
+    }
+}
+
 /// A session being opened on a better uplink.
 type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Session, SessionError>> + Send + 'a>>;
 
@@ -138,7 +185,7 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
             warn!(signer = %cfg.signer, "local signer not answering: connecting without the forward for now");
         }
         let order = uplink_order(settings.uplinks.len(), failed_uplink);
-        let connect = connect_first(&settings, &key, &order, signer_ok);
+        let connect = connect_overlapping(&settings, &key, &order, signer_ok);
         tokio::pin!(connect);
         let connected = loop {
             tokio::select! {
