@@ -27,6 +27,7 @@ needs=(
   "file /usr/include/stdint.h  libc6-dev       C headers for the same"
   "cmd  ssh                    openssh-client  stock OpenSSH interop tests (Pis still on autossh)"
   "cmd  ssh-keygen             openssh-client  keys for the OpenSSH interop tests"
+  "file /usr/sbin/sshd         openssh-server  the incumbent (sshd) in benches/baker_link.rs"
   "cmd  node                   nodejs          the Taquito interop test"
   "cmd  npm                    npm             the Taquito interop test's packages"
   "cmd  python3                python3         the demo and scripts/validate-deploy.sh"

@@ -18,6 +18,16 @@
 //! do. With [`ProxyOptions::keep_client_ip`] the proxy connects to the target from the
 //! client's own address, so the target sees which link a connection came over.
 //!
+//! **Delay** ([`ProxyOptions::delay`], [`FaultProxy::set_delay`]): a one-way delay in each
+//! direction, as a home link's latency. The proxy is then a delay line: every chunk it reads is
+//! stamped and delivered `delay` later, in order, while later chunks are already on their way
+//! (a burst is not serialised behind each chunk's delay), and a half-close (FIN) travels the
+//! same way. A new connection pays the TCP handshake's round trip: the proxy connects to the
+//! target only `2 × delay` after accepting, so the client's first bytes arrive `3 × delay` after
+//! its connect, and the target's first bytes reach the client no earlier than `4 × delay`, as
+//! over a real link. Faults combine with it: a blackhole also holds the bytes in flight (they
+//! arrive once the link heals, as TCP would retransmit them); a reset drops them.
+//!
 //! Dropping the [`FaultProxy`] stops it and closes every connection.
 //!
 //! ```no_run
@@ -36,10 +46,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Bytes read at once from one side.
+const CHUNK: usize = 16 * 1024;
+
+/// Chunks one direction's delay line holds: bytes read and not yet delivered, as a socket
+/// buffer plus the bytes in flight would. A full line stops the reads, so a receiver that does
+/// not read still pushes back on the sender.
+const LINE_CHUNKS: usize = 256;
 
 /// What the proxy does with bytes and connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,6 +100,9 @@ pub struct ProxyOptions {
     pub keep_client_ip: bool,
     /// Initial mode.
     pub mode: ProxyMode,
+    /// One-way delay in each direction (default zero: none); see the module doc. Change it
+    /// at runtime with [`FaultProxy::set_delay`].
+    pub delay: Duration,
 }
 
 impl ProxyOptions {
@@ -91,16 +114,18 @@ impl ProxyOptions {
             source_ip: None,
             keep_client_ip: false,
             mode: ProxyMode::Pass,
+            delay: Duration::ZERO,
         }
     }
 }
 
-/// The default mode and the per-source overrides. Connection tasks watch the whole table:
-/// any change wakes them, and each re-reads the mode for its own source.
+/// The default mode, the per-source overrides and the delay. Connection tasks watch the whole
+/// table: any change wakes them, and each re-reads the mode for its own source.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Modes {
     default: ProxyMode,
     by_source: HashMap<IpAddr, ProxyMode>,
+    delay: Duration,
 }
 
 impl Modes {
@@ -134,6 +159,11 @@ impl Link {
             Ok(m) => m.for_source(source) == ProxyMode::Pass,
             Err(_) => false,
         }
+    }
+
+    /// The one-way delay in force now (does not mark the table seen).
+    fn delay(&self) -> Duration {
+        self.modes.borrow().delay
     }
 
     /// Resolves when this connection's mode becomes `Reset` or the proxy is dropped.
@@ -202,6 +232,7 @@ impl FaultProxy {
         let (modes, modes_rx) = watch::channel(Modes {
             default: options.mode,
             by_source: HashMap::new(),
+            delay: options.delay,
         });
         let counters = Arc::new(Counters::default());
         let accept = tokio::spawn(accept_loop(listener, options, modes_rx, Arc::clone(&counters)));
@@ -257,6 +288,18 @@ impl FaultProxy {
         self.modes.borrow().for_source(source)
     }
 
+    /// Set the one-way delay of both directions. It applies to bytes read from now on (bytes
+    /// already in flight keep their delivery time, and order is always kept) and to the
+    /// handshake of connections not yet forwarded.
+    pub fn set_delay(&self, delay: Duration) {
+        self.modes.send_modify(|m| m.delay = delay);
+    }
+
+    /// The one-way delay in force.
+    pub fn delay(&self) -> Duration {
+        self.modes.borrow().delay
+    }
+
     /// Connections open right now (accepted and not yet closed).
     pub fn connections(&self) -> usize {
         self.counters.open.load(Ordering::SeqCst)
@@ -296,6 +339,7 @@ impl fmt::Debug for FaultProxy {
             .field("target", &self.target)
             .field("mode", &self.mode())
             .field("by_source", &self.modes.borrow().by_source)
+            .field("delay", &self.delay())
             .field("connections", &self.connections())
             .finish()
     }
@@ -378,6 +422,23 @@ async fn connection(
     if !link.wait_pass().await {
         return reset(client);
     }
+    // Over a link with a one-way delay the TCP handshake takes a round trip (SYN, SYN-ACK)
+    // before the client's first bytes can leave; here the client's connect completed at once,
+    // so hold its bytes that long: connect upstream 2 × delay late, and its first bytes, read
+    // then, arrive one delay later (3 × delay). The target accepted 2 × delay after the client
+    // connected rather than 3 ×, so its first bytes are held until 4 × delay (`floor`), when
+    // they would reach the client over a real link.
+    let accepted = Instant::now();
+    let delay = link.delay();
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(2 * delay) => {}
+            _ = link.reset_or_gone() => return reset(client),
+        }
+        if !link.wait_pass().await {
+            return reset(client);
+        }
+    }
     let upstream = tokio::select! {
         c = connect_target(&options, link.source) => c,
         _ = link.reset_or_gone() => return reset(client),
@@ -391,7 +452,8 @@ async fn connection(
         }
     };
     let (mut client, mut upstream) = (client, upstream);
-    match pump(&mut client, &mut upstream, &mut link, &counters).await {
+    let floor = accepted + 4 * delay;
+    match pump(&mut client, &mut upstream, &link, &counters, floor).await {
         End::Reset => {
             reset(client);
             reset(upstream);
@@ -406,73 +468,145 @@ enum End {
     Closed,
 }
 
-/// Move bytes both ways while the mode allows, honouring half-closes.
-async fn pump(client: &mut TcpStream, upstream: &mut TcpStream, link: &mut Link, c: &Counters) -> End {
-    let (mut c_read, mut c_write) = client.split();
-    let (mut u_read, mut u_write) = upstream.split();
-    let mut up_buf = vec![0u8; 16 * 1024];
-    let mut down_buf = vec![0u8; 16 * 1024];
-    let (mut client_eof, mut upstream_eof) = (false, false);
+/// How one direction ended.
+enum Dir {
+    /// Its source's EOF was passed on as a half-close.
+    Eof,
+    /// A read or write failed.
+    Closed,
+    /// The mode became `Reset` or the proxy was dropped.
+    Reset,
+}
+
+/// Move bytes both ways while the mode allows, honouring half-closes. The target's bytes
+/// reach the client no earlier than `down_floor`.
+async fn pump(client: &mut TcpStream, upstream: &mut TcpStream, link: &Link, c: &Counters, down_floor: Instant) -> End {
+    let (c_read, c_write) = client.split();
+    let (u_read, u_write) = upstream.split();
+    let up = direction(c_read, u_write, link.clone(), &c.bytes_up, None);
+    let down = direction(u_read, c_write, link.clone(), &c.bytes_down, Some(down_floor));
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
     loop {
-        if client_eof && upstream_eof {
-            return End::Closed;
-        }
-        match link.now() {
-            ProxyMode::Pass => {}
-            ProxyMode::Reset => return End::Reset,
-            ProxyMode::Blackhole => {
-                if !link.wait_pass().await {
-                    return End::Reset;
-                }
-                continue;
+        let ended = tokio::select! {
+            d = &mut up, if !up_done => {
+                up_done = true;
+                d
             }
-        }
-        // Reads are cancel-safe: a mode change between reads loses nothing.
-        let (n, up) = tokio::select! {
-            r = read_unless(&mut c_read, &mut up_buf, client_eof) => match r {
-                Ok(n) => (n, true),
-                Err(_) => return End::Closed,
-            },
-            r = read_unless(&mut u_read, &mut down_buf, upstream_eof) => match r {
-                Ok(n) => (n, false),
-                Err(_) => return End::Closed,
-            },
-            // Any change (another source's included) makes the loop re-read this link's mode.
-            changed = link.modes.changed() => {
-                if changed.is_err() {
-                    return End::Reset;
-                }
-                continue;
+            d = &mut down, if !down_done => {
+                down_done = true;
+                d
             }
+            else => return End::Closed,
         };
-        let (buf, dst, eof, counter) = if up {
-            (&up_buf[..n], &mut u_write, &mut client_eof, &c.bytes_up)
-        } else {
-            (&down_buf[..n], &mut c_write, &mut upstream_eof, &c.bytes_down)
-        };
-        if n == 0 {
-            *eof = true;
-            // Pass the half-close on.
-            let _ = dst.shutdown().await;
-            continue;
+        match ended {
+            // One way half-closed: the other keeps flowing until it ends too.
+            Dir::Eof if up_done && down_done => return End::Closed,
+            Dir::Eof => {}
+            // A failed read or write ends the connection, as before the delay line existed.
+            Dir::Closed => return End::Closed,
+            Dir::Reset => return End::Reset,
         }
-        // Bytes already read are delivered even if a blackhole starts meanwhile (they were
-        // "on the wire"); only a reset interrupts a blocked write.
-        let written = tokio::select! {
-            w = dst.write_all(buf) => w,
-            _ = link.reset_or_gone() => return End::Reset,
-        };
-        if written.is_err() {
-            return End::Closed;
-        }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
-/// Read into `buf`, or never resolve once that side reached EOF.
-async fn read_unless<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut [u8], eof: bool) -> std::io::Result<usize> {
-    if eof {
-        return std::future::pending().await;
+/// One direction: a reader that stamps each chunk with the time it is due and a writer that
+/// delivers the chunks in order, each at its time, with a bounded queue (the "wire") between
+/// them. With no delay the writer delivers at once, and this is a plain copy loop.
+async fn direction(
+    mut src: ReadHalf<'_>,
+    mut dst: WriteHalf<'_>,
+    link: Link,
+    counter: &AtomicU64,
+    floor: Option<Instant>,
+) -> Dir {
+    // An empty chunk is the EOF (a FIN on the wire).
+    let (wire, mut arriving) = mpsc::channel::<(Instant, Vec<u8>)>(LINE_CHUNKS);
+    let mut read_link = link.clone();
+    let reader = async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match read_link.now() {
+                ProxyMode::Pass => {}
+                ProxyMode::Reset => return Dir::Reset,
+                ProxyMode::Blackhole => {
+                    if !read_link.wait_pass().await {
+                        return Dir::Reset;
+                    }
+                    continue;
+                }
+            }
+            // Reads are cancel-safe: a mode change between reads loses nothing. Biased so a
+            // mode change is seen before more bytes are taken in.
+            let n = tokio::select! {
+                biased;
+                // Any change (another source's or the delay included) makes the loop re-read
+                // this link's mode.
+                changed = read_link.modes.changed() => {
+                    if changed.is_err() {
+                        return Dir::Reset;
+                    }
+                    continue;
+                }
+                r = src.read(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(_) => return Dir::Closed,
+                },
+            };
+            let mut due = Instant::now() + read_link.delay();
+            if let Some(floor) = floor {
+                due = due.max(floor);
+            }
+            if wire.send((due, buf[..n].to_vec())).await.is_err() {
+                // The writer ended; it said why.
+                return Dir::Closed;
+            }
+            if n == 0 {
+                return Dir::Eof;
+            }
+        }
+    };
+    let mut write_link = link;
+    let writer = async move {
+        while let Some((due, chunk)) = arriving.recv().await {
+            if due > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = write_link.reset_or_gone() => return Dir::Reset,
+                }
+            }
+            // A blackhole also holds what is in flight; it arrives once the link heals.
+            if write_link.now() != ProxyMode::Pass && !write_link.wait_pass().await {
+                return Dir::Reset;
+            }
+            if chunk.is_empty() {
+                // Pass the half-close on.
+                let _ = dst.shutdown().await;
+                return Dir::Eof;
+            }
+            // Only a reset interrupts a blocked write.
+            let written = tokio::select! {
+                w = dst.write_all(&chunk) => w,
+                _ = write_link.reset_or_gone() => return Dir::Reset,
+            };
+            if written.is_err() {
+                return Dir::Closed;
+            }
+            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        // The reader ended without an EOF: it returned why first.
+        Dir::Closed
+    };
+    tokio::pin!(reader, writer);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            end = &mut reader, if reading => match end {
+                // The EOF is queued; the writer passes it on after the bytes before it.
+                Dir::Eof => reading = false,
+                other => return other,
+            },
+            end = &mut writer => return end,
+        }
     }
-    stream.read(buf).await
 }

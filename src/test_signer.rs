@@ -101,7 +101,7 @@ pub fn parse_bls_key(s: &str) -> Result<TestKey, String> {
 /// The secret half of a [`TestKey`].
 #[derive(Clone)]
 enum Secret {
-    Ed25519 { seed: [u8; 32], key: SigningKey },
+    Ed25519(Box<SigningKey>),
     Bls(blst::min_pk::SecretKey),
 }
 
@@ -118,7 +118,7 @@ impl TestKey {
     pub fn from_seed(seed: [u8; 32]) -> TestKey {
         let key = SigningKey::from_bytes(&seed);
         let public_key = PublicKey::Ed25519(key.verifying_key().to_bytes());
-        TestKey::new(Secret::Ed25519 { seed, key }, public_key)
+        TestKey::new(Secret::Ed25519(Box::new(key)), public_key)
     }
 
     /// The tz4 key octez generates from the key-generation input `ikm` (`Bls.generate_key
@@ -156,7 +156,7 @@ impl TestKey {
     /// The ed25519 seed (`None` for a tz4 key).
     pub fn seed(&self) -> Option<[u8; 32]> {
         match &self.secret {
-            Secret::Ed25519 { seed, .. } => Some(*seed),
+            Secret::Ed25519(key) => Some(key.to_bytes()),
             Secret::Bls(_) => None,
         }
     }
@@ -165,7 +165,7 @@ impl TestKey {
     /// `octez-client import secret key` takes as `unencrypted:`) or `BLsk…`.
     pub fn secret_key(&self) -> String {
         match &self.secret {
-            Secret::Ed25519 { seed, .. } => tezos::encode_ed25519_seed(seed),
+            Secret::Ed25519(key) => tezos::encode_ed25519_seed(&key.to_bytes()),
             Secret::Bls(sk) => {
                 let mut scalar = sk.to_bytes();
                 scalar.reverse();
@@ -193,9 +193,7 @@ impl TestKey {
     /// [`TestKey::sign`] under a given BLS scheme (ignored by ed25519 keys).
     pub fn sign_as(&self, bytes: &[u8], scheme: BlsScheme) -> String {
         match &self.secret {
-            Secret::Ed25519 { key, .. } => {
-                tezos::encode_ed25519_signature(&key.sign(&tezos::blake2b_256(bytes)).to_bytes())
-            }
+            Secret::Ed25519(key) => tezos::encode_ed25519_signature(&key.sign(&tezos::blake2b_256(bytes)).to_bytes()),
             Secret::Bls(sk) => {
                 let aug: &[u8] = match &self.public_key {
                     PublicKey::Bls(pk) if scheme == BlsScheme::Augmented => pk.bytes(),

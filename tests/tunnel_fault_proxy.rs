@@ -1,11 +1,16 @@
 //! The fault proxy itself (used by `tests/tunnel.rs`), against a local echo server: pass,
 //! blackhole (sockets stay open, nothing moves, held bytes flow after healing), reset (RST
-//! both ways, new connections reset), listen and source addresses, stop on drop.
+//! both ways, new connections reset), listen and source addresses, stop on drop, and the
+//! delay line (a round trip per exchange, a handshake per connection, order kept under a
+//! burst that is not serialised, faults with a delay).
+//!
+//! Timing assertions are lower bounds, plus upper bounds with a wide margin ([`SLACK`]): the
+//! tests share 2 cores with others.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
 use gateway_e2e::harness::eventually;
@@ -14,6 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
+/// One-way delay of the delay-line tests.
+const DELAY: Duration = Duration::from_millis(20);
+/// Margin of every timing upper bound: wide, so a busy machine does not fail a test.
+const SLACK: Duration = Duration::from_millis(400);
 
 /// An echo server that records its peers and how each connection ended.
 struct Echo {
@@ -204,4 +213,207 @@ async fn drop_closes_everything() {
     })
     .await
     .unwrap();
+}
+
+/// A proxy with [`DELAY`] each way in front of an echo server, and a connection through it
+/// that has made one exchange (its handshake is paid).
+async fn delayed_echo() -> (Echo, FaultProxy, TcpStream) {
+    let echo = Echo::start().await;
+    let proxy = FaultProxy::start_with(ProxyOptions {
+        delay: DELAY,
+        ..ProxyOptions::new(echo.addr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(proxy.delay(), DELAY);
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    assert_eq!(round_trip(&mut c, b"warm").await, b"warm");
+    (echo, proxy, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_costs_a_handshake_then_a_round_trip_per_exchange() {
+    let echo = Echo::start().await;
+    let proxy = FaultProxy::start_with(ProxyOptions {
+        delay: DELAY,
+        ..ProxyOptions::new(echo.addr)
+    })
+    .await
+    .unwrap();
+    // A new connection: the handshake's round trip, then the request's.
+    let started = Instant::now();
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    assert_eq!(round_trip(&mut c, b"first").await, b"first");
+    let first = started.elapsed();
+    assert!(first >= 4 * DELAY, "first exchange on a new connection took {first:?}");
+    assert!(
+        first < 4 * DELAY + SLACK,
+        "first exchange on a new connection took {first:?}"
+    );
+
+    // Then one round trip per request/response.
+    for i in 0..3u8 {
+        let msg = [b'a' + i; 32];
+        let started = Instant::now();
+        assert_eq!(round_trip(&mut c, &msg).await, msg);
+        let rtt = started.elapsed();
+        assert!(rtt >= 2 * DELAY, "round trip {i} took {rtt:?}");
+        assert!(rtt < 2 * DELAY + SLACK, "round trip {i} took {rtt:?}");
+    }
+    // Counted as delivered, which may be just after the client read them.
+    eventually(Duration::from_secs(2), "bytes counted", || async {
+        anyhow::ensure!(proxy.bytes() == (5 + 96, 5 + 96), "{:?}", proxy.bytes());
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // A half-close travels behind the bytes sent before it.
+    c.write_all(b"bye").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    assert_eq!(rest, b"bye");
+    eventually(Duration::from_secs(2), "connection closed", || async {
+        anyhow::ensure!(proxy.connections() == 0, "{proxy:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_line_keeps_order_and_does_not_serialise_a_burst() {
+    let (_echo, _proxy, c) = delayed_echo().await;
+    // 100 writes 2 ms apart, each a separate chunk: serialised behind each other's delay they
+    // would take 100 x 20 ms to cross; in a delay line the last one is back a round trip after
+    // it was sent.
+    const WRITES: usize = 100;
+    const SIZE: usize = 1000;
+    let (mut rx, mut tx) = c.into_split();
+    let sent: Vec<u8> = (0..WRITES * SIZE).map(|i| (i / 7 % 251) as u8).collect();
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; WRITES * SIZE];
+        let mut first = None;
+        let mut at = 0;
+        while at < got.len() {
+            let n = rx.read(&mut got[at..]).await.unwrap();
+            assert!(n > 0, "closed after {at} bytes");
+            first.get_or_insert_with(Instant::now);
+            at += n;
+        }
+        (got, first.unwrap(), Instant::now())
+    });
+    let started = Instant::now();
+    let mut last_sent = started;
+    for chunk in sent.chunks(SIZE) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        tx.write_all(chunk).await.unwrap();
+        last_sent = Instant::now();
+    }
+    let (got, first_back, all_back) = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the burst came back within 10 s")
+        .unwrap();
+    assert!(got == sent, "bytes came back out of order or changed");
+    let first = first_back - started;
+    assert!(first >= 2 * DELAY, "the first bytes came back after {first:?}");
+    let tail = all_back - last_sent;
+    assert!(
+        tail >= 2 * DELAY,
+        "the last bytes came back {tail:?} after they were sent"
+    );
+    assert!(
+        tail < 2 * DELAY + SLACK,
+        "the last bytes came back {tail:?} after they were sent: the burst was serialised"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_set_at_runtime_and_faults_with_a_delay() {
+    let echo = Echo::start().await;
+    let proxy = FaultProxy::start(echo.addr).await.unwrap();
+    assert_eq!(proxy.delay(), Duration::ZERO);
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    assert_eq!(round_trip(&mut c, b"fast").await, b"fast");
+
+    // A delay set now applies to the next bytes of a current connection.
+    proxy.set_delay(DELAY);
+    let started = Instant::now();
+    assert_eq!(round_trip(&mut c, b"slow").await, b"slow");
+    let rtt = started.elapsed();
+    assert!(rtt >= 2 * DELAY, "round trip took {rtt:?}");
+
+    // A blackhole holds the bytes in flight too; they arrive after healing.
+    c.write_all(b"in flight").await.unwrap();
+    proxy.set_mode(ProxyMode::Blackhole);
+    stays_quiet(&mut c).await;
+    proxy.set_mode(ProxyMode::Pass);
+    let mut got = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+        .await
+        .expect("held bytes within 5 s")
+        .unwrap();
+    assert_eq!(&got, b"in flight");
+
+    // A reset still aborts at once, bytes in flight and all.
+    c.write_all(b"dropped").await.unwrap();
+    proxy.set_mode(ProxyMode::Reset);
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(r.map_err(|e| e.kind()).unwrap_err(), ErrorKind::ConnectionReset);
+
+    // Back to no delay: a new connection pays no handshake wait.
+    proxy.set_mode(ProxyMode::Pass);
+    proxy.set_delay(Duration::ZERO);
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut c, b"again").await, b"again");
+    assert_eq!(echo.peers.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_applies_per_source_faults_too() {
+    // Per-source modes still work with a delay: only the blackholed source goes quiet.
+    let echo = Echo::start().await;
+    let ip = |d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d));
+    let proxy = FaultProxy::start_with(ProxyOptions {
+        keep_client_ip: true,
+        delay: DELAY,
+        ..ProxyOptions::new(echo.addr)
+    })
+    .await
+    .unwrap();
+    let connect_from = |last| {
+        let addr = proxy.addr();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(ip(last), 0)).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
+    let mut two = connect_from(2).await;
+    let mut three = connect_from(3).await;
+    assert_eq!(round_trip(&mut two, b"two").await, b"two");
+    assert_eq!(round_trip(&mut three, b"three").await, b"three");
+    proxy.set_mode_for_source(ip(2), ProxyMode::Blackhole);
+    two.write_all(b"held").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(round_trip(&mut three, b"still").await, b"still");
+    assert!(started.elapsed() >= 2 * DELAY);
+    stays_quiet(&mut two).await;
+    proxy.clear_mode_for_source(ip(2));
+    let mut got = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), two.read_exact(&mut got))
+        .await
+        .expect("held bytes within 5 s")
+        .unwrap();
+    assert_eq!(&got, b"held");
 }

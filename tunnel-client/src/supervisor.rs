@@ -135,12 +135,9 @@ async fn connect_overlapping(
         tokio::select! {
             done = attempts.next() => match done {
                 Some(Ok(session)) => return Ok(session),
-                Some(Err(e)) => {
-                    if !failed.as_ref().is_some_and(SessionError::is_host_key_mismatch) {
-                        failed = Some(e);
-                    }
-                }
-                None => {}
+                // A host key mismatch, once seen, decides the error.
+                Some(Err(e)) if !failed.as_ref().is_some_and(SessionError::is_host_key_mismatch) => failed = Some(e),
+                Some(Err(_)) | None => {}
             },
             _ = tick.tick(), if !attempts.is_empty() && attempts.len() < max => {
                 info!(pending = attempts.len(), "connection attempt still pending: starting another");
