@@ -126,37 +126,51 @@ struct Modes {
     default: ProxyMode,
     by_source: HashMap<IpAddr, ProxyMode>,
     delay: Duration,
+    /// Connections with a serial below this stay blackholed for good
+    /// ([`FaultProxy::restore_leaving_frozen`]).
+    frozen_below: u64,
 }
 
 impl Modes {
     fn for_source(&self, ip: IpAddr) -> ProxyMode {
         self.by_source.get(&ip).copied().unwrap_or(self.default)
     }
+
+    /// The mode of one connection: its source's, except that a connection frozen by
+    /// [`FaultProxy::restore_leaving_frozen`] never passes again.
+    fn for_link(&self, ip: IpAddr, serial: u64) -> ProxyMode {
+        match self.for_source(ip) {
+            ProxyMode::Pass if serial < self.frozen_below => ProxyMode::Blackhole,
+            m => m,
+        }
+    }
 }
 
-/// One connection's view of the modes: the table and the client's source IP.
+/// One connection's view of the modes: the table, the client's source IP and the
+/// connection's serial (its place in the order of accepts).
 #[derive(Clone)]
 struct Link {
     modes: watch::Receiver<Modes>,
     source: IpAddr,
+    serial: u64,
 }
 
 impl Link {
     /// The mode for this connection now (marks the table seen).
     fn now(&mut self) -> ProxyMode {
-        self.modes.borrow_and_update().for_source(self.source)
+        self.modes.borrow_and_update().for_link(self.source, self.serial)
     }
 
     /// Wait until this connection's mode is `Pass` (true) or `Reset` / the proxy is gone
     /// (false).
     async fn wait_pass(&mut self) -> bool {
-        let source = self.source;
+        let (source, serial) = (self.source, self.serial);
         match self
             .modes
-            .wait_for(|m| m.for_source(source) != ProxyMode::Blackhole)
+            .wait_for(|m| m.for_link(source, serial) != ProxyMode::Blackhole)
             .await
         {
-            Ok(m) => m.for_source(source) == ProxyMode::Pass,
+            Ok(m) => m.for_link(source, serial) == ProxyMode::Pass,
             Err(_) => false,
         }
     }
@@ -233,6 +247,7 @@ impl FaultProxy {
             default: options.mode,
             by_source: HashMap::new(),
             delay: options.delay,
+            frozen_below: 0,
         });
         let counters = Arc::new(Counters::default());
         let accept = tokio::spawn(accept_loop(listener, options, modes_rx, Arc::clone(&counters)));
@@ -286,6 +301,17 @@ impl FaultProxy {
     /// The mode that applies to connections from `source`.
     pub fn mode_for_source(&self, source: IpAddr) -> ProxyMode {
         self.modes.borrow().for_source(source)
+    }
+
+    /// Bring the link back the way a real outage ends: new connections pass, but every
+    /// connection accepted so far stays frozen for good (a NAT or an LTE link that forgot
+    /// its flows), so a client stuck in a handshake begun during the outage stays stuck.
+    pub fn restore_leaving_frozen(&self) {
+        let accepted = self.counters.accepted.load(Ordering::SeqCst);
+        self.modes.send_modify(|m| {
+            m.default = ProxyMode::Pass;
+            m.frozen_below = accepted;
+        });
     }
 
     /// Set the one-way delay of both directions. It applies to bytes read from now on (bytes
@@ -361,7 +387,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        counters.accepted.fetch_add(1, Ordering::SeqCst);
+        let serial = counters.accepted.fetch_add(1, Ordering::SeqCst);
         *counters
             .accepted_from
             .lock()
@@ -369,10 +395,11 @@ async fn accept_loop(
             .entry(peer.ip())
             .or_default() += 1;
         let link = Link {
+            serial,
             modes: modes.clone(),
             source: peer.ip(),
         };
-        if modes.borrow().for_source(link.source) == ProxyMode::Reset {
+        if modes.borrow().for_link(link.source, link.serial) == ProxyMode::Reset {
             reset(client);
             continue;
         }

@@ -135,6 +135,33 @@ async fn blackhole_holds_bytes_and_connections_until_healed() {
     assert_eq!(&got, b"fresh");
 }
 
+/// The way a real outage ends: the connections that lived through it (opened before, or
+/// during it) stay frozen for good; new ones pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_leaving_frozen_keeps_old_connections_dead() {
+    let echo = Echo::start().await;
+    let proxy = FaultProxy::start(echo.addr).await.unwrap();
+    let mut before = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut before, b"before").await, b"before");
+    proxy.set_mode(ProxyMode::Blackhole);
+    let mut during = TcpStream::connect(proxy.addr()).await.unwrap();
+    during.write_all(b"during").await.unwrap();
+    before.write_all(b"stuck").await.unwrap();
+    proxy.restore_leaving_frozen();
+    assert_eq!(proxy.mode(), ProxyMode::Pass);
+    stays_quiet(&mut before).await;
+    stays_quiet(&mut during).await;
+    let mut after = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut after, b"after").await, b"after");
+    // A later blackhole and restore freeze the one that passed, and still pass new ones.
+    proxy.set_mode(ProxyMode::Blackhole);
+    proxy.restore_leaving_frozen();
+    after.write_all(b"x").await.unwrap();
+    stays_quiet(&mut after).await;
+    let mut last = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut last, b"last").await, b"last");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_aborts_both_sides_and_new_connections() {
     let echo = Echo::start().await;
