@@ -475,6 +475,46 @@ async fn back_within_two_seconds_after_any_outage() {
 }
 
 rig_test!(
+    /// A Pi with two uplinks whose preferred path freezes silently (the proxy stops moving
+    /// its bytes, as a dead Ethernet link does) signs again over the other uplink within 2 s:
+    /// the first unanswered liveness ping opens a session over the other uplink, which takes
+    /// the route before the frozen one is dropped. Production client settings.
+    pi_signs_over_the_other_uplink_within_two_seconds,
+    pi_signs_over_the_other_uplink_within_two_seconds_body
+);
+
+async fn pi_signs_over_the_other_uplink_within_two_seconds_body(rig: &mut Rig) -> anyhow::Result<()> {
+    let (preferred, other) = (ip(2), ip(3));
+    let mut config = example_defaults(rig.tunnel_config());
+    config.uplinks = vec![preferred, other];
+    rig.tunnel_up(&config, "127.0.0.2:").await?;
+    rig.proxy.set_mode_for_source(preferred, ProxyMode::Blackhole);
+    let (took, traffic) = rig
+        .until_pi_serves(BACK_WITHIN + BACK_SLACK + Duration::from_secs(10))
+        .await?;
+    let t = rig.tunnel_status().await?;
+    anyhow::ensure!(
+        t["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.3:")),
+        "pi serves, but not over the other uplink: {t}"
+    );
+    eprintln!(
+        "preferred uplink frozen: pi signing again over the other after {took:?} ({})",
+        traffic.summary()
+    );
+    anyhow::ensure!(
+        took <= BACK_WITHIN + BACK_SLACK,
+        "pi signed again over the other uplink only after {took:?}{}",
+        rig.tunnel()?.log_tail(20)
+    );
+    anyhow::ensure!(
+        rig.tunnel()?.log_lines("uplink failover").len() == 1,
+        "{}",
+        rig.tunnel()?.log_tail(20)
+    );
+    Ok(())
+}
+
+rig_test!(
     /// The client connects through the proxy, the gateway shows its tunnel, and signatures
     /// flow through it: pi's signer counts them, the backup's does not.
     signatures_flow_through_the_tunnel,

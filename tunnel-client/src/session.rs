@@ -211,7 +211,9 @@ impl Closed {
 
 /// An established session.
 pub struct Session {
-    handle: client::Handle<ClientHandler>,
+    // Shared with liveness checks ([`Session::ping`]) that run beside the supervisor's
+    // other work; every call on an authenticated session takes `&self`.
+    handle: Arc<client::Handle<ClientHandler>>,
     closed: Option<oneshot::Receiver<Ended>>,
     forward: (String, u32),
     forwarding: bool,
@@ -361,7 +363,7 @@ impl Session {
         progress(format!("authenticated as {}", cfg.user));
 
         let mut session = Session {
-            handle,
+            handle: Arc::new(handle),
             closed: Some(closed),
             forward: settings.forward.clone(),
             forwarding: false,
@@ -399,6 +401,15 @@ impl Session {
         self.handle.cancel_tcpip_forward(addr, port).await?;
         self.forwarding = false;
         Ok(())
+    }
+
+    /// A liveness check that does not borrow the session: a keepalive asking for a reply,
+    /// answered within `within` (true) or not (false). The session's own keepalives end a
+    /// dead session only after `keepalive_max` of them; this tells the supervisor at the
+    /// first one, so it can open a session over another uplink meanwhile.
+    pub fn ping(&self, within: Duration) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let handle = Arc::clone(&self.handle);
+        async move { matches!(tokio::time::timeout(within, handle.send_ping()).await, Ok(Ok(()))) }
     }
 
     /// True while the forward is requested.

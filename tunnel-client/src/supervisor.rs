@@ -9,8 +9,10 @@
 //!     ▼                                      │ other error: backoff (0.5 s … 10 s, jittered)
 //!   serving ──── local signer fails `fall` probes ──▶ forward withdrawn (gateway fails over)
 //!     │ ▲ ◀──── local signer answers `rise` probes ─── forward requested again
-//!     │ └─ every `uplink_retry` on a worse uplink: open a session on a better one, then close
-//!     │    the old one (the gateway's newest-session-wins makes the switch seamless)
+//!     │ ├─ every `uplink_retry` on a worse uplink: open a session on a better one, then close
+//!     │ │  the old one (the gateway's newest-session-wins makes the switch seamless)
+//!     │ └─ a liveness ping unanswered within `keepalive_interval`: open a session over the
+//!     │    other uplinks at once and move to it (make-before-break away from a dead path)
 //!     ▼ session ends (keepalive timeout, gateway restart…)
 //!   backoff (reset once a session stayed up `backoff.reset_after`), reconnect
 //! ```
@@ -150,8 +152,29 @@ async fn connect_overlapping(
     }
 }
 
-/// A session being opened on a better uplink.
+/// A session being opened on another uplink.
 type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Session, SessionError>> + Send + 'a>>;
+
+/// Why a session is being opened on another uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// Back to a preferred uplink that may work again.
+    Better,
+    /// Away from a path whose session stopped answering.
+    Failover,
+}
+
+impl Move {
+    fn reason(self) -> &'static str {
+        match self {
+            Move::Better => "uplink switch: a preferred uplink works again",
+            Move::Failover => "uplink failover: the session stopped answering, moved to another uplink",
+        }
+    }
+}
+
+/// A liveness ping in flight.
+type Ping = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// How `serve` returned.
 enum Outcome {
@@ -309,11 +332,18 @@ async fn serve(
     let start_better = tokio::time::Instant::now() + cfg.uplink_retry;
     let mut better = tokio::time::interval_at(start_better, cfg.uplink_retry);
     better.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A session being opened on a better uplink. Polled as its own branch so probes, the
+    // A session being opened on another uplink. Polled as its own branch so probes, the
     // forward and shutdown keep being handled while it connects (up to connect_timeout per
     // step on a silently dead path).
-    let mut attempt: Option<Attempt<'_>> = None;
+    let mut attempt: Option<(Move, Attempt<'_>)> = None;
     let mut attempt_started = Instant::now();
+    // Liveness: a ping every half keepalive interval, each answered within one interval or
+    // counted as missed. Only worth it with another uplink to move to.
+    let mut liveness = tokio::time::interval(cfg.keepalive_interval / 2);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping: Option<Ping> = None;
+    let mut missed_since: Option<Instant> = None;
+    let can_move = settings.uplinks.len() > 1;
     loop {
         tokio::select! {
             _ = watchdog.ping() => {}
@@ -328,14 +358,19 @@ async fn serve(
                 // finish the attempt and adopt it rather than drop the session that now
                 // carries the route.
                 let adopted = match attempt.take() {
-                    Some(pending) => pending.await.ok().filter(|new| new.uplink < session.uplink),
+                    Some((why, pending)) => pending
+                        .await
+                        .ok()
+                        .filter(|new| why == Move::Failover || new.uplink < session.uplink)
+                        .map(|new| (why, new)),
                     None => None,
                 };
-                let Some(new) = adopted else {
+                let Some((why, new)) = adopted else {
                     return Outcome::Closed { uplink: session.uplink, up_for: session.since.elapsed(), ended };
                 };
                 // The old session is already gone: nothing to close.
-                drop(switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed()));
+                drop(switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed(), why));
+                (ping, missed_since) = (None, None);
                 report(&session, stats);
             }
             _ = health.tick() => {
@@ -364,30 +399,69 @@ async fn serve(
                     }
                 }
             }
-            _ = better.tick(), if session.uplink > 0 && attempt.is_none() => {
+            _ = liveness.tick(), if can_move && ping.is_none() => {
+                ping = Some(Box::pin(session.ping(cfg.keepalive_interval)));
+            }
+            answered = async {
+                match ping.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            }, if ping.is_some() => {
+                ping = None;
+                if answered {
+                    if let Some(since) = missed_since.take() {
+                        info!(uplink = %session.uplink_name, silent_for = ?since.elapsed(), "the session answers again");
+                    }
+                    continue;
+                }
+                if missed_since.is_none() {
+                    missed_since = Some(Instant::now());
+                    warn!(uplink = %session.uplink_name, "the session did not answer a keepalive: opening a session over another uplink");
+                }
+                // Make before break: the new session takes the route at the gateway the moment
+                // it forwards; this one is closed only then. A better-uplink attempt already
+                // under way is replaced: this path is the problem now.
+                if !matches!(attempt, Some((Move::Failover, _))) {
+                    let here = session.uplink;
+                    let order: Vec<usize> = (0..settings.uplinks.len()).filter(|&u| u != here).collect();
+                    let forward = session.is_forwarding();
+                    attempt_started = Instant::now();
+                    attempt = Some((
+                        Move::Failover,
+                        Box::pin(async move { connect_first(settings, key, &order, forward).await }),
+                    ));
+                }
+            }
+            _ = better.tick(), if session.uplink > 0 && attempt.is_none() && missed_since.is_none() => {
                 // Make before break: a session on a better uplink first, then close this one.
                 let order: Vec<usize> = (0..session.uplink).collect();
                 let forward = session.is_forwarding();
                 attempt_started = Instant::now();
-                attempt = Some(Box::pin(async move { connect_first(settings, key, &order, forward).await }));
+                attempt = Some((Move::Better, Box::pin(async move { connect_first(settings, key, &order, forward).await })));
             }
             result = async {
                 match attempt.as_mut() {
-                    Some(pending) => pending.await,
+                    Some((_, pending)) => pending.await,
                     None => std::future::pending().await,
                 }
             }, if attempt.is_some() => {
-                attempt = None;
+                let Some((why, _)) = attempt.take() else { continue };
                 let Ok(mut new) = result else { continue };
-                if new.uplink >= session.uplink {
+                if why == Move::Better && new.uplink >= session.uplink {
                     continue;
                 }
                 // The local signer may have gone away while the new session was opening.
                 if new.is_forwarding() && !session.is_forwarding() {
                     let _ = new.cancel_forward().await;
                 }
-                let old = switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed());
-                old.close("moved to a preferred uplink").await;
+                let old = switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed(), why);
+                (ping, missed_since) = (None, None);
+                // A dead path's session may not take a polite goodbye: do not wait on it.
+                match why {
+                    Move::Better => old.close("moved to a preferred uplink").await,
+                    Move::Failover => drop(tokio::spawn(old.close("moved away from a path that stopped answering"))),
+                }
                 report(&session, stats);
             }
         }
@@ -401,6 +475,7 @@ fn switch_to(
     mut new: Session,
     stats: &mut Stats,
     took: Duration,
+    why: Move,
 ) -> Session {
     stats.switches += 1;
     info!(
@@ -408,7 +483,8 @@ fn switch_to(
         to = %new.uplink_name,
         switches = stats.switches,
         took_ms = took.as_millis() as u64,
-        "uplink switch: a preferred uplink works again"
+        "{}",
+        why.reason()
     );
     *closed = new.take_closed();
     std::mem::replace(session, new)
