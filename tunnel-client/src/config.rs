@@ -493,4 +493,21 @@ mod tests {
             "a different key after first use is refused"
         );
     }
+
+    /// A power cut while the pin was being written leaves at most a stray temp file, never a
+    /// truncated pin: the next start pins again instead of failing every connection.
+    #[test]
+    fn a_pin_interrupted_mid_write_is_written_again_whole() {
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known");
+        // What a crash before the pin was moved into place leaves: a partial temp file.
+        std::fs::write(dir.path().join("known.tmp"), "ssh-ed25519 AAAAC3Nza").unwrap();
+        let tofu = HostKeyPin::FirstUse(path.clone());
+        assert!(tofu.check(&key).is_ok());
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(PublicKey::from_openssh(written.trim()).unwrap(), key);
+        assert!(!dir.path().join("known.tmp").exists(), "the temp file was used and moved");
+        assert!(tofu.check(&key).is_ok());
+    }
 }
