@@ -507,7 +507,10 @@ mod tests {
         assert!(tofu.check(&key).is_ok());
         let written = std::fs::read_to_string(&path).unwrap();
         assert_eq!(PublicKey::from_openssh(written.trim()).unwrap(), key);
-        assert!(!dir.path().join("known.tmp").exists(), "the temp file was used and moved");
+        assert!(
+            !dir.path().join("known.tmp").exists(),
+            "the temp file was used and moved"
+        );
         assert!(tofu.check(&key).is_ok());
     }
 }
