@@ -105,7 +105,7 @@ fn file(c: &mut Criterion) {
 
     g.bench_function("check_and_record_one_key_sequential", |b| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(dir.path(), true).expect("open store");
+        let store = FileStore::open(&dir.path().join("store"), true).expect("open store");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -120,7 +120,8 @@ fn file(c: &mut Criterion) {
 
     g.bench_function("check_and_record_16_clients_distinct_keys", |b| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn WatermarkStore> = Arc::new(FileStore::open(dir.path(), true).expect("open store"));
+        let store: Arc<dyn WatermarkStore> =
+            Arc::new(FileStore::open(&dir.path().join("store"), true).expect("open store"));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -147,6 +147,13 @@ async fn restore_leaving_frozen_keeps_old_connections_dead() {
     let mut during = TcpStream::connect(proxy.addr()).await.unwrap();
     during.write_all(b"during").await.unwrap();
     before.write_all(b"stuck").await.unwrap();
+    // The kernel completes a connect before the proxy accepts it: wait for the accept.
+    eventually(Duration::from_secs(5), "the proxy accepted both", || async {
+        anyhow::ensure!(proxy.accepted() == 2, "{}", proxy.accepted());
+        Ok(())
+    })
+    .await
+    .unwrap();
     proxy.restore_leaving_frozen();
     assert_eq!(proxy.mode(), ProxyMode::Pass);
     stays_quiet(&mut before).await;

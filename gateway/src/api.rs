@@ -5,12 +5,14 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::config::ApiConfig;
 use crate::metrics::Metrics;
 use crate::signing::{SignError, Signing};
 use crate::tezos::Pkh;
@@ -24,6 +26,8 @@ pub struct Api {
     metrics: Arc<Metrics>,
     prefix: String,
     max_body: usize,
+    body_timeout: Duration,
+    max_drain: usize,
 }
 
 /// Build a JSON response.
@@ -108,13 +112,15 @@ fn parse_pkh(s: &str) -> Result<Pkh, String> {
 }
 
 impl Api {
-    /// The API over `signing`, served under `prefix` with bodies capped at `max_body`.
-    pub fn new(signing: Arc<Signing>, metrics: Arc<Metrics>, prefix: String, max_body: usize) -> Api {
+    /// The API over `signing`, with the prefix, body cap and body deadline of `cfg`.
+    pub fn new(signing: Arc<Signing>, metrics: Arc<Metrics>, cfg: &ApiConfig) -> Api {
         Api {
             signing,
             metrics,
-            prefix,
-            max_body,
+            prefix: cfg.path_prefix.clone(),
+            max_body: cfg.max_body_bytes,
+            body_timeout: cfg.body_timeout,
+            max_drain: cfg.max_drain_bytes,
         }
     }
 
@@ -203,35 +209,74 @@ impl Api {
         }
     }
 
-    /// Read the body (JSON string of hex), capped at `max_body` bytes.
+    /// Read the body (JSON string of hex), capped at `max_body` bytes and `body_timeout`.
     async fn read_payload(&self, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-        let too_large = || {
-            let mut r = error_trace(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "permanent",
-                "signer_gateway.body_too_large",
-                &format!("request body exceeds {} bytes", self.max_body),
-            );
-            // The rest of the body is not read: the connection cannot be reused, so say so
-            // rather than let a keep-alive client send its next request into a closed socket.
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        };
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let body = req.into_body();
         if declared.is_some_and(|n| n > self.max_body as u64) {
-            return Err(too_large());
+            return Err(self.too_large(body, declared).await);
         }
-        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Err(e) => return Err(bad_request(&format!("cannot read request body: {e}"))),
+        let read = tokio::time::timeout(self.body_timeout, Limited::new(body, self.max_body).collect()).await;
+        let body = match read {
+            Err(_) => return Err(self.body_too_slow()),
+            Ok(Ok(c)) => c.to_bytes(),
+            // Over the cap while reading (chunked, no length declared): the rest is unread.
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large_closing()),
+            Ok(Err(e)) => return Err(bad_request(&format!("cannot read request body: {e}"))),
         };
         decode_body(&body).map(Bytes::from).map_err(|m| bad_request(&m))
+    }
+
+    /// 413 for a body declared too large. A body up to `max_drain` bytes is read and
+    /// discarded first (within the body deadline): closing with unread bytes in the socket
+    /// makes the kernel reset the connection, and the client never reads the answer.
+    async fn too_large(&self, body: Incoming, declared: Option<u64>) -> Response<Body> {
+        if declared.is_some_and(|n| n <= self.max_drain as u64) {
+            let drain = Limited::new(body, self.max_drain).collect();
+            if let Ok(Ok(_)) = tokio::time::timeout(self.body_timeout, drain).await {
+                return error_trace(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "permanent",
+                    "signer_gateway.body_too_large",
+                    &format!("request body exceeds {} bytes", self.max_body),
+                );
+            }
+        }
+        self.too_large_closing()
+    }
+
+    /// 413 on a connection that cannot be reused (the rest of the body is unread).
+    fn too_large_closing(&self) -> Response<Body> {
+        let mut r = error_trace(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "permanent",
+            "signer_gateway.body_too_large",
+            &format!("request body exceeds {} bytes", self.max_body),
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+
+    /// 408 for a body that did not arrive within `body_timeout`.
+    fn body_too_slow(&self) -> Response<Body> {
+        self.metrics
+            .http_refused
+            .with_label_values(&["api", "body_timeout"])
+            .inc();
+        let mut r = error_trace(
+            StatusCode::REQUEST_TIMEOUT,
+            "temporary",
+            "signer_gateway.body_timeout",
+            &format!("request body not received within {:?}", self.body_timeout),
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
     }
 }
 

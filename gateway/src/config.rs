@@ -54,6 +54,13 @@ pub struct Config {
     /// Time one signer gets for one request before the next is tried (e.g. "3s").
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Requests in flight on one signer at once; more wait (default 16). A burst must not
+    /// become as many channels through a Pi's tunnel and connections to its signer.
+    #[serde(default = "default_max_in_flight_per_signer")]
+    pub max_in_flight_per_signer: usize,
+    /// Requests waiting for one signer beyond that; more go to the next signer (default 256).
+    #[serde(default = "default_max_queued_per_signer")]
+    pub max_queued_per_signer: usize,
     /// Background health checks of every signer.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
@@ -81,6 +88,25 @@ pub struct ApiConfig {
     /// Most client connections served at once; more wait to be accepted (default 1024).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections from one source address at once; more are closed on accept, so one
+    /// client cannot take every permit (default 64).
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// A new connection must send its first byte within this (default 2s).
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Time to receive a request's headers, counted from when the connection starts waiting
+    /// for one (also bounds an idle keep-alive connection) (default 5s).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time to receive a request's whole body once its headers are in; a slower client gets
+    /// 408 (default 5s; a signing payload is under 1 kB).
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A body over `max_body_bytes` is read and discarded up to this many bytes before the 413
+    /// is sent, so the client can read it instead of meeting a reset (default 1048576).
+    #[serde(default = "default_max_drain_bytes")]
+    pub max_drain_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -90,6 +116,11 @@ impl Default for ApiConfig {
             path_prefix: String::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_source: default_max_connections_per_source(),
+            first_byte_timeout: default_first_byte_timeout(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            max_drain_bytes: default_max_drain_bytes(),
         }
     }
 }
@@ -255,9 +286,25 @@ pub struct SshConfig {
     /// Time a new connection gets to finish the handshake and authenticate (default 10s).
     #[serde(default = "default_auth_timeout", with = "humantime_serde")]
     pub auth_timeout: Duration,
-    /// Connections allowed at once before authentication; more are closed (default 64).
-    #[serde(default = "default_max_unauthenticated")]
-    pub max_unauthenticated: usize,
+    /// Connections before authentication, as OpenSSH's `MaxStartups start:rate:full`: past
+    /// `start` a new one is dropped with probability `rate`% (rising to 100% at `full`), so a
+    /// flood cannot hold every place (default "10:30:64").
+    #[serde(default)]
+    pub max_startups: Startups,
+    /// Connections before authentication from one source address (default 8): a flood from
+    /// one address leaves room for a Pi from another.
+    #[serde(default = "default_max_unauthenticated_per_source")]
+    pub max_unauthenticated_per_source: usize,
+    /// A new connection must send its first bytes (the SSH banner) within this (default 3s).
+    #[serde(default = "default_banner_timeout", with = "humantime_serde")]
+    pub banner_timeout: Duration,
+    /// Authenticated sessions at once, all signers together (default 256).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Authenticated sessions of one signer at once (default 4: a reconnect briefly makes two;
+    /// a leaked key cannot open hundreds).
+    #[serde(default = "default_max_sessions_per_signer")]
+    pub max_sessions_per_signer: usize,
     /// Time to open a channel through a tunnel before the attempt fails over (default 1s).
     #[serde(default = "default_channel_open_timeout", with = "humantime_serde")]
     pub channel_open_timeout: Duration,
@@ -320,8 +367,78 @@ fn default_tcp_user_timeout() -> Duration {
 fn default_auth_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_max_unauthenticated() -> usize {
-    64
+fn default_max_unauthenticated_per_source() -> usize {
+    8
+}
+fn default_banner_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_max_sessions() -> usize {
+    256
+}
+fn default_max_sessions_per_signer() -> usize {
+    4
+}
+
+/// OpenSSH's `MaxStartups start:rate:full`, written `"10:30:64"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Startups {
+    /// Unauthenticated connections accepted without a drop.
+    pub start: usize,
+    /// Drop probability (percent) once `start` are open, rising linearly to 100 at `full`.
+    pub rate: u32,
+    /// Unauthenticated connections at most.
+    pub full: usize,
+}
+
+impl Default for Startups {
+    fn default() -> Self {
+        Startups {
+            start: 10,
+            rate: 30,
+            full: 64,
+        }
+    }
+}
+
+impl Startups {
+    /// Drop probability (0..=1) for a new connection while `open` are unauthenticated.
+    pub fn drop_probability(&self, open: usize) -> f64 {
+        if open < self.start {
+            return 0.0;
+        }
+        if open >= self.full {
+            return 1.0;
+        }
+        let over = (open - self.start) as f64 / (self.full - self.start) as f64;
+        let rate = f64::from(self.rate) / 100.0;
+        rate + (1.0 - rate) * over
+    }
+}
+
+impl std::str::FromStr for Startups {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Startups, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || format!("{s:?}: expected start:rate:full, e.g. \"10:30:64\"");
+        let [start, rate, full] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let start: usize = start.trim().parse().map_err(|_| bad())?;
+        let rate: u32 = rate.trim().parse().map_err(|_| bad())?;
+        let full: usize = full.trim().parse().map_err(|_| bad())?;
+        if full == 0 || start > full || rate > 100 {
+            return Err(format!("{s:?}: needs start <= full, full >= 1 and rate <= 100"));
+        }
+        Ok(Startups { start, rate, full })
+    }
+}
+
+impl<'de> Deserialize<'de> for Startups {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 fn default_channel_open_timeout() -> Duration {
     Duration::from_secs(1)
@@ -334,6 +451,27 @@ fn default_api_listen() -> SocketAddr {
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_in_flight_per_signer() -> usize {
+    16
+}
+fn default_max_queued_per_signer() -> usize {
+    256
+}
+fn default_max_connections_per_source() -> usize {
+    64
+}
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_drain_bytes() -> usize {
+    1 << 20
 }
 fn default_max_body_bytes() -> usize {
     DEFAULT_MAX_BODY_BYTES
@@ -432,6 +570,21 @@ impl Config {
         }
         if api.max_connections == 0 {
             return Err(invalid("api.max_connections", "must be at least 1"));
+        }
+        if self.max_in_flight_per_signer == 0 {
+            return Err(invalid("max_in_flight_per_signer", "must be at least 1"));
+        }
+        if api.max_connections_per_source == 0 {
+            return Err(invalid("api.max_connections_per_source", "must be at least 1"));
+        }
+        for (field, d) in [
+            ("api.first_byte_timeout", api.first_byte_timeout),
+            ("api.header_timeout", api.header_timeout),
+            ("api.body_timeout", api.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
         }
         if api.listen == self.admin.listen && api.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from api.listen"));
@@ -616,8 +769,20 @@ impl SshConfig {
                 "must be at least 1 (0 would never drop a silent peer)",
             ));
         }
-        if self.max_unauthenticated == 0 {
-            return Err(invalid("ssh.max_unauthenticated", "must be at least 1"));
+        for (field, n) in [
+            (
+                "ssh.max_unauthenticated_per_source",
+                self.max_unauthenticated_per_source,
+            ),
+            ("ssh.max_sessions", self.max_sessions),
+            ("ssh.max_sessions_per_signer", self.max_sessions_per_signer),
+        ] {
+            if n == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if self.banner_timeout.is_zero() {
+            return Err(invalid("ssh.banner_timeout", "must be greater than zero"));
         }
         if self.host_key.as_os_str().is_empty() {
             return Err(invalid("ssh.host_key", "must be a file path"));

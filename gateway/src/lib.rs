@@ -14,7 +14,9 @@
 //! - [`api`]: the octez remote-signer HTTP protocol over [`signing`].
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`server`]: accept loops, connection limits, graceful shutdown.
+//! - [`server`]: accept loops, connection limits (total, per source, first byte, headers),
+//!   graceful shutdown; [`http_errors`]: hyper's own answers as JSON error traces;
+//!   [`limits`]: per-source caps and rate-limited logs, shared with the SSH broker.
 //! - [`tunnel`]: the embedded SSH server Pi signers open reverse tunnels to; routes by
 //!   identity, newest session wins.
 //!
@@ -26,6 +28,8 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod http_errors;
+pub mod limits;
 pub mod metrics;
 pub mod payload;
 pub mod pool;
@@ -46,7 +50,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Settings, SignerRoute, WatermarkBackend, WatermarkConfig};
-use crate::pool::{Connect, Pool, PoolObserver, Signer, TcpConnect};
+use crate::pool::{Connect, Pool, PoolObserver, Signer, SignerLimits, TcpConnect};
 use crate::watermark::{FileStore, MemoryStore, OpenError, WatermarkStore};
 
 /// How long the last step of a stop (sessions and background tasks ending after their sockets
@@ -158,7 +162,11 @@ impl Gateway {
                     return Err(StartError::Internal(format!("signer {} needs the ssh section", s.name)));
                 }
             };
-            signers.push(Arc::new(Signer::new(s.name.clone(), i, connector)));
+            let limits = SignerLimits {
+                max_in_flight: cfg.max_in_flight_per_signer,
+                max_queued: cfg.max_queued_per_signer,
+            };
+            signers.push(Arc::new(Signer::with_limits(s.name.clone(), i, connector, limits)));
         }
         let pool = Arc::new(Pool::new(
             signers,
@@ -218,8 +226,7 @@ impl Gateway {
         let api = Arc::new(api::Api::new(
             Arc::clone(&self.signing),
             Arc::clone(&self.metrics),
-            cfg.api.path_prefix.clone(),
-            cfg.api.max_body_bytes,
+            &cfg.api,
         ));
         let broker = self.ssh.as_ref().map(|(b, _)| Arc::clone(b));
         let admin = Arc::new(admin::Admin::new(
@@ -232,17 +239,26 @@ impl Gateway {
             .map(|(broker, listener)| tracker.spawn(broker.serve(listener, tracker.clone(), shutdown.clone())));
         let api_graceful = Arc::new(GracefulShutdown::new());
         let admin_graceful = Arc::new(GracefulShutdown::new());
+        let api_limits = server::Limits {
+            port: "api",
+            max_connections: cfg.api.max_connections,
+            per_source: cfg.api.max_connections_per_source,
+            first_byte: cfg.api.first_byte_timeout,
+            header: cfg.api.header_timeout,
+        };
         let api_loop = tracker.spawn(server::serve(
             self.api_listener,
             move |req| Arc::clone(&api).handle(req),
-            cfg.api.max_connections,
+            api_limits,
+            Arc::clone(&self.metrics),
             shutdown.clone(),
             Arc::clone(&api_graceful),
         ));
         let admin_loop = tracker.spawn(server::serve(
             self.admin_listener,
             move |req| Arc::clone(&admin).handle(req),
-            64,
+            server::Limits::admin(),
+            Arc::clone(&self.metrics),
             shutdown.clone(),
             Arc::clone(&admin_graceful),
         ));

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use signer_gateway::config::{Config, LogFormat, Settings, WatermarkBackend};
 use signer_gateway::payload::Kind;
 use signer_gateway::tezos::{ChainId, Pkh};
-use signer_gateway::watermark::{FileStore, MarkKey, WatermarkStore};
+use signer_gateway::watermark::{FileStore, IfMissing, MarkKey, WatermarkStore};
 use signer_gateway::Gateway;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -181,8 +181,9 @@ async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Resu
             if level < 0 || round < 0 {
                 anyhow::bail!("--level and --round must not be negative");
             }
-            // Creating the store here is the operator's explicit first-time set-up.
-            let store = FileStore::open(&dir, true)?;
+            // Creating the store here is the operator's explicit decision: a first-time
+            // set-up, or a restore after lost state.
+            let store = FileStore::open_with(&dir, IfMissing::Create)?;
             let kinds = if kind.is_empty() { Kind::ALL.to_vec() } else { kind };
             for kind in kinds {
                 let mk = MarkKey { chain, pkh: key, kind };

@@ -47,6 +47,13 @@ pub struct Metrics {
     pub tunnel_keepalive_timeouts: IntCounterVec,
     /// Time to open a forwarded channel through a tunnel.
     pub tunnel_channel_open: Histogram,
+    /// Connections or requests the HTTP layer refused, by port (`api`, `admin`) and reason
+    /// (`per_source`, `first_byte_timeout`, `header_timeout`, `body_timeout`, `malformed`).
+    pub http_refused: IntCounterVec,
+    /// Requests waiting for a signer's concurrency permit, by signer.
+    pub signer_queued: IntGaugeVec,
+    /// Requests refused because a signer's queue was full, by signer.
+    pub signer_queue_full: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,6 +170,24 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(tunnel_channel_open.clone()))?;
+        let http_refused = counter(
+            "signer_gateway_http_refused_total",
+            "Connections or requests refused by the HTTP layer",
+            &["port", "reason"],
+        )?;
+        let signer_queued = IntGaugeVec::new(
+            Opts::new(
+                "signer_gateway_signer_queued",
+                "Requests waiting for a signer's concurrency permit",
+            ),
+            &["signer"],
+        )?;
+        registry.register(Box::new(signer_queued.clone()))?;
+        let signer_queue_full = counter(
+            "signer_gateway_signer_queue_full_total",
+            "Requests refused because a signer's queue was full",
+            &["signer"],
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("signer_gateway_build_info", "Build information"),
             &["version"],
@@ -189,6 +214,9 @@ impl Metrics {
             tunnel_replacement_storms,
             tunnel_keepalive_timeouts,
             tunnel_channel_open,
+            http_refused,
+            signer_queued,
+            signer_queue_full,
         })
     }
 

@@ -99,6 +99,8 @@ pub enum AttemptFailure {
     BadSignature,
     /// A health probe or the tunnel broker took the signer down while the request waited.
     WentDown,
+    /// The signer's queue was full (`max_queued_per_signer`): not held against its health.
+    QueueFull,
 }
 
 impl AttemptFailure {
@@ -110,6 +112,7 @@ impl AttemptFailure {
             AttemptFailure::ServerError => "server_error",
             AttemptFailure::BadSignature => "bad_signature",
             AttemptFailure::WentDown => "went_down",
+            AttemptFailure::QueueFull => "queue_full",
         }
     }
 }
@@ -175,6 +178,30 @@ pub struct Signer {
     /// Body and time of the last successful health probe, so `GET /authorized_keys` (the
     /// default probe path) can be answered without a round trip to a Pi.
     last_probe: Mutex<Option<(tokio::time::Instant, Bytes)>>,
+    /// Requests in flight on this signer at once (a Ledger signs one at a time; a burst must
+    /// not become as many channels and connections to a Pi); the rest wait, boundedly.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Requests waiting for `in_flight`, and how many may.
+    queued: std::sync::atomic::AtomicUsize,
+    max_queued: usize,
+}
+
+/// Concurrency limits of one signer.
+#[derive(Debug, Clone, Copy)]
+pub struct SignerLimits {
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// Requests waiting beyond that; more are refused (the next signer is asked).
+    pub max_queued: usize,
+}
+
+impl Default for SignerLimits {
+    fn default() -> Self {
+        SignerLimits {
+            max_in_flight: 16,
+            max_queued: 256,
+        }
+    }
 }
 
 /// A complete answer from a signer.
@@ -187,9 +214,22 @@ pub struct Answer {
 }
 
 impl Signer {
-    /// A signer in position `priority` reached through `connector`.
+    /// A signer in position `priority` reached through `connector`, with default limits.
     pub fn new(name: impl Into<String>, priority: usize, connector: Arc<dyn Connect>) -> Signer {
+        Signer::with_limits(name, priority, connector, SignerLimits::default())
+    }
+
+    /// A signer in position `priority` reached through `connector`, within `limits`.
+    pub fn with_limits(
+        name: impl Into<String>,
+        priority: usize,
+        connector: Arc<dyn Connect>,
+        limits: SignerLimits,
+    ) -> Signer {
         Signer {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            max_queued: limits.max_queued,
             name: name.into(),
             priority,
             connector,
@@ -235,6 +275,35 @@ impl Signer {
         }
         let sender = self.open().await?;
         self.exchange(sender, &method, path_and_query, body).await
+    }
+
+    /// Wait for one of the signer's in-flight places, unless `max_queued` requests wait
+    /// already.
+    async fn admit(&self, metrics: &Metrics) -> Result<tokio::sync::OwnedSemaphorePermit, AttemptFailure> {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = Arc::clone(&self.in_flight).try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            metrics.signer_queue_full.with_label_values(&[self.name.as_str()]).inc();
+            return Err(AttemptFailure::QueueFull);
+        }
+        let gauge = metrics.signer_queued.with_label_values(&[self.name.as_str()]);
+        gauge.inc();
+        // Decrements however the wait ends (a permit, the attempt's timeout, a drop).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize, prometheus::IntGauge);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+                self.1.dec();
+            }
+        }
+        let _waiting = Waiting(&self.queued, gauge);
+        Arc::clone(&self.in_flight)
+            .acquire_owned()
+            .await
+            .map_err(|_| AttemptFailure::Connect)
     }
 
     fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
@@ -483,10 +552,12 @@ impl Pool {
             let started = Instant::now();
             let mut down = signer.down_epoch.subscribe();
             down.mark_unchanged();
-            let attempt = tokio::time::timeout(
-                self.request_timeout,
-                signer.send(method.clone(), path_and_query, body.clone()),
-            );
+            let admitted = std::sync::atomic::AtomicBool::new(false);
+            let attempt = tokio::time::timeout(self.request_timeout, async {
+                let _permit = signer.admit(&self.metrics).await?;
+                admitted.store(true, std::sync::atomic::Ordering::Relaxed);
+                signer.send(method.clone(), path_and_query, body.clone()).await
+            });
             // Resending the same bytes elsewhere is safe: the mark is recorded for exactly
             // these bytes, so at worst both signers sign the same payload.
             let sent = tokio::select! {
@@ -497,6 +568,11 @@ impl Pool {
                 Err(AttemptFailure::WentDown) => Verdict::Failed(
                     AttemptFailure::WentDown,
                     "went down while the request was in flight".to_string(),
+                ),
+                // Timed out still waiting for a place: the signer is busy, not broken.
+                Err(_) if !admitted.load(std::sync::atomic::Ordering::Relaxed) => Verdict::Failed(
+                    AttemptFailure::QueueFull,
+                    format!("still queued after {:?}: the signer is busy", self.request_timeout),
                 ),
                 Err(_) => Verdict::Failed(
                     AttemptFailure::Timeout,
@@ -540,8 +616,9 @@ impl Pool {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "signer attempt failed"
                     );
-                    // Already down, with the reason that took it down; keep that one.
-                    if kind != AttemptFailure::WentDown {
+                    // Already down, with the reason that took it down; keep that one. A full
+                    // queue says the signer is busy, not broken.
+                    if kind != AttemptFailure::WentDown && kind != AttemptFailure::QueueFull {
                         signer.record_failure(&msg, self.health.fall, true, &self.metrics);
                     }
                     if i + 1 < candidates.len() {

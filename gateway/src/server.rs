@@ -1,4 +1,10 @@
 //! HTTP accept loops with limits and graceful shutdown, shared by the API and admin ports.
+//!
+//! A connection holds one of `max_connections` permits and one of its source address's
+//! `per_source` places, must send its first byte within `first_byte` and each request's
+//! headers within `header` (hyper's header timeout, which also bounds an idle keep-alive
+//! connection); the body deadline is the handler's. Answers hyper makes by itself are JSON
+//! error traces ([`crate::http_errors`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,24 +22,54 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::api::Body;
+use crate::http_errors::JsonErrors;
+use crate::limits::{LogLimiter, SourceCounts};
+use crate::metrics::Metrics;
 
-/// Time a client gets to send a request's headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The limits of one HTTP port.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `api` or `admin`, for metrics and logs.
+    pub port: &'static str,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Connections from one source address at once; more are closed on accept.
+    pub per_source: usize,
+    /// Time a new connection has to send its first byte.
+    pub first_byte: Duration,
+    /// Time to receive a request's headers.
+    pub header: Duration,
+}
+
+impl Limits {
+    /// The admin port's: a few scrapers and probes.
+    pub fn admin() -> Limits {
+        Limits {
+            port: "admin",
+            max_connections: 64,
+            per_source: 16,
+            first_byte: Duration::from_secs(2),
+            header: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Accept connections on `listener` until `cancel` fires, serving each with `handler` under
-/// `graceful` (so shutdown can wait for in-flight requests). At most `max_connections`
-/// connections are served at once; more wait in the kernel's backlog.
+/// `graceful` (so shutdown can wait for in-flight requests), within `limits`.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     handler: H,
-    max_connections: usize,
+    limits: Limits,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Arc::new(SourceCounts::default());
+    let refusals_log = Arc::new(LogLimiter::default());
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
@@ -56,21 +92,62 @@ pub async fn serve<H, Fut>(
                 }
             },
         };
+        let refuse = |reason: &'static str| {
+            metrics.http_refused.with_label_values(&[limits.port, reason]).inc();
+            if let Some(suppressed) = refusals_log.allow() {
+                warn!(port = limits.port, %peer, reason, suppressed, "connection refused");
+            }
+        };
+        let Some(source) = sources.enter(peer.ip(), limits.per_source) else {
+            // Closed at once: the permit goes back to the next client.
+            refuse("per_source");
+            continue;
+        };
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(tower::service_fn(handler.clone()));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(conn);
+        let metrics = Arc::clone(&metrics);
+        // A watcher, not the shutdown handle itself: the gateway consumes that handle to
+        // drain, which it can only do once the accept loop holds the last reference.
+        let watcher = graceful.watcher();
+        let refusals_log = Arc::clone(&refusals_log);
+        let limits = limits.clone();
+        let cancel = cancel.clone();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                debug!(%peer, error = %e, "connection ended with an error");
+            let _held = (permit, source);
+            // A client that connects and says nothing holds a permit for nothing; at shutdown
+            // it has no request to finish.
+            let first_byte = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tokio::time::timeout(limits.first_byte, stream.readable()) => r,
+            };
+            if first_byte.is_err() {
+                metrics
+                    .http_refused
+                    .with_label_values(&[limits.port, "first_byte_timeout"])
+                    .inc();
+                return;
             }
-            drop(permit);
+            let io = JsonErrors::new(stream, Some((Arc::clone(&metrics), limits.port)));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
+                if e.is_timeout() {
+                    metrics
+                        .http_refused
+                        .with_label_values(&[limits.port, "header_timeout"])
+                        .inc();
+                    if let Some(suppressed) = refusals_log.allow() {
+                        debug!(port = limits.port, %peer, suppressed, "headers not received in time: closed");
+                    }
+                } else {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
         });
     }
 }

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::SshConfig;
+use crate::limits::{CountGuard, Counts, LogLimiter, SourceCounts, SourceGuard};
 use crate::metrics::Metrics;
 use crate::pool::{Connect, Io};
 
@@ -147,40 +148,6 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Logs at most a few lines per second for events a peer can trigger at will.
-struct LogLimiter {
-    window_start: Instant,
-    count: u32,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    const PER_SECOND: u32 = 5;
-
-    fn new() -> LogLimiter {
-        LogLimiter {
-            window_start: Instant::now(),
-            count: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed since last time)` when this event may be logged.
-    fn allow(&mut self) -> Option<u64> {
-        if self.window_start.elapsed() >= Duration::from_secs(1) {
-            self.window_start = Instant::now();
-            self.count = 0;
-        }
-        if self.count < Self::PER_SECOND {
-            self.count += 1;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
-    }
-}
-
 /// The broker: authorized keys, the route table and the SSH server settings.
 pub struct Broker {
     settings: SshConfig,
@@ -196,7 +163,13 @@ pub struct Broker {
     /// Every live session's socket, routed or not (a session holding no forward too), so a
     /// shutdown can end them all at once.
     sessions: Mutex<HashMap<u64, Arc<std::net::TcpStream>>>,
-    auth_log: Mutex<LogLimiter>,
+    auth_log: LogLimiter,
+    /// Requests refused on authenticated sessions, logged at a bounded rate.
+    refusals_log: LogLimiter,
+    /// Places among authenticated sessions, all signers together.
+    authenticated: Arc<Semaphore>,
+    /// Authenticated sessions per signer.
+    sessions_per_signer: Arc<Counts<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -236,6 +209,7 @@ impl Broker {
             nodelay: true,
             ..Default::default()
         };
+        let max_sessions = settings.max_sessions;
         Broker {
             settings,
             server_config: Arc::new(server_config),
@@ -247,7 +221,10 @@ impl Broker {
             observer: OnceLock::new(),
             next_session: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
-            auth_log: Mutex::new(LogLimiter::new()),
+            auth_log: LogLimiter::default(),
+            refusals_log: LogLimiter::default(),
+            authenticated: Arc::new(Semaphore::new(max_sessions)),
+            sessions_per_signer: Arc::new(Counts::default()),
             metrics,
         }
     }
@@ -322,7 +299,9 @@ impl Broker {
 
     /// Accept SSH connections until `cancel` fires; then disconnect every session.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, tracker: TaskTracker, cancel: CancellationToken) {
-        let unauthenticated = Arc::new(Semaphore::new(self.settings.max_unauthenticated));
+        let startups = self.settings.max_startups;
+        let unauthenticated = Arc::new(Semaphore::new(startups.full));
+        let sources = Arc::new(SourceCounts::default());
         let mut backoff = Duration::from_millis(10);
         loop {
             let (stream, peer) = tokio::select! {
@@ -337,18 +316,13 @@ impl Broker {
                     }
                 },
             };
-            let Ok(permit) = Arc::clone(&unauthenticated).try_acquire_owned() else {
-                self.metrics
-                    .ssh_sessions
-                    .with_label_values(&["rejected_too_many_unauthenticated"])
-                    .inc();
-                self.log_auth_failure(peer, "too many unauthenticated connections: closed");
+            let Some(admitted) = self.admit(peer, &unauthenticated, &sources) else {
                 continue;
             };
             let broker = Arc::clone(&self);
             let id = self.next_session.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("ssh", session = id, %peer);
-            tracker.spawn(broker.run_session(id, stream, peer, permit).instrument(span));
+            tracker.spawn(broker.run_session(id, stream, peer, admitted).instrument(span));
         }
         // Sessions stay up: requests still in flight through them finish first, then the
         // gateway calls `close_all`.
@@ -381,8 +355,54 @@ impl Broker {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Admission before authentication, as OpenSSH's `MaxStartups` plus a per-source cap:
+    /// a connection from a source with `max_unauthenticated_per_source` open is closed; past
+    /// `start` unauthenticated connections, a new one is dropped at random with a rising
+    /// probability, so a flood cannot keep every place and a Pi still gets in.
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        unauthenticated: &Arc<Semaphore>,
+        sources: &Arc<SourceCounts>,
+    ) -> Option<Admitted> {
+        let refuse = |reason: &'static str, what: &str| {
+            self.metrics.ssh_sessions.with_label_values(&[reason]).inc();
+            self.log_auth_failure(peer, what);
+        };
+        let Some(source) = sources.enter(peer.ip(), self.settings.max_unauthenticated_per_source) else {
+            refuse(
+                "rejected_per_source",
+                "too many unauthenticated connections from this address: closed",
+            );
+            return None;
+        };
+        let startups = self.settings.max_startups;
+        let open = startups.full - unauthenticated.available_permits();
+        let p = startups.drop_probability(open);
+        if p > 0.0 && rand::random::<f64>() < p {
+            let reason = if p >= 1.0 {
+                "rejected_too_many_unauthenticated"
+            } else {
+                "rejected_early_drop"
+            };
+            refuse(reason, "too many unauthenticated connections: closed");
+            return None;
+        }
+        let Ok(permit) = Arc::clone(unauthenticated).try_acquire_owned() else {
+            refuse(
+                "rejected_too_many_unauthenticated",
+                "too many unauthenticated connections: closed",
+            );
+            return None;
+        };
+        Some(Admitted {
+            _permit: permit,
+            _source: source,
+        })
+    }
+
     fn log_auth_failure(&self, peer: SocketAddr, what: &str) {
-        let allowed = self.auth_log.lock().unwrap_or_else(|p| p.into_inner()).allow();
+        let allowed = self.auth_log.allow();
         if let Some(suppressed) = allowed {
             warn!(%peer, suppressed, "ssh: {what}");
         }
@@ -398,7 +418,19 @@ impl Broker {
         }
     }
 
-    async fn run_session(self: Arc<Self>, id: u64, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    async fn run_session(self: Arc<Self>, id: u64, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
+        // A client sends its banner at once; one that says nothing holds a place for nothing.
+        if tokio::time::timeout(self.settings.banner_timeout, stream.readable())
+            .await
+            .is_err()
+        {
+            self.metrics
+                .ssh_sessions
+                .with_label_values(&["rejected_banner_timeout"])
+                .inc();
+            self.log_auth_failure(peer, "no SSH banner in time: closed");
+            return;
+        }
         self.tune_socket(&stream);
         // Keep a second handle on the socket: shutting it down is the only sure way to end a
         // session whose peer went silent (replacement, auth deadline).
@@ -418,7 +450,8 @@ impl Broker {
             id,
             peer,
             signer: None,
-            permit: Some(permit),
+            admitted: Some(admitted),
+            session_slots: None,
             authed: Some(authed_tx),
             socket: Arc::clone(&socket),
             forwarded: None,
@@ -546,6 +579,14 @@ async fn reap(old: Route) {
     let _ = old.socket.shutdown(Shutdown::Both);
 }
 
+/// A connection's places before authentication: one of `max_startups.full`, one of its
+/// source's `max_unauthenticated_per_source`. Released when it authenticates.
+struct Admitted {
+    // Held, never read: dropping them frees the places.
+    _permit: OwnedSemaphorePermit,
+    _source: SourceGuard,
+}
+
 /// One SSH session's callbacks.
 struct SessionHandler {
     broker: Arc<Broker>,
@@ -553,8 +594,10 @@ struct SessionHandler {
     peer: SocketAddr,
     /// Set once a listed key authenticated.
     signer: Option<String>,
-    /// Counts against the pre-authentication limit until authentication succeeds.
-    permit: Option<OwnedSemaphorePermit>,
+    /// Counts against the pre-authentication limits until authentication succeeds.
+    admitted: Option<Admitted>,
+    /// The session's places among authenticated sessions (total, per signer).
+    session_slots: Option<(OwnedSemaphorePermit, CountGuard<String>)>,
     authed: Option<oneshot::Sender<()>>,
     socket: Arc<std::net::TcpStream>,
     forwarded: Option<String>,
@@ -651,7 +694,22 @@ impl russh::server::Handler for SessionHandler {
         let signer = key_bytes(key.public_key).and_then(|b| self.broker.keys.get(&b).cloned());
         match signer {
             Some(name) => {
+                // Caps on authenticated sessions: all together, and per signer (newest wins
+                // makes a reconnect briefly hold two; a leaked key cannot open hundreds).
+                let total = Arc::clone(&self.broker.authenticated).try_acquire_owned().ok();
+                let mine = self
+                    .broker
+                    .sessions_per_signer
+                    .enter(name.clone(), self.broker.settings.max_sessions_per_signer);
+                let (Some(total), Some(mine)) = (total, mine) else {
+                    self.reject(
+                        "rejected_too_many_sessions",
+                        &format!("too many sessions for signer {name} (or in all): refused"),
+                    );
+                    return Ok(Auth::reject());
+                };
                 info!(signer = %name, user, "ssh key accepted");
+                self.session_slots = Some((total, mine));
                 self.signer = Some(name);
                 Ok(Auth::Accept)
             }
@@ -667,7 +725,7 @@ impl russh::server::Handler for SessionHandler {
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
-        self.permit.take();
+        self.admitted.take();
         if let Some(tx) = self.authed.take() {
             let _ = tx.send(());
         }
@@ -703,7 +761,9 @@ impl russh::server::Handler for SessionHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        warn!(signer = ?self.signer, host, port, "direct-tcpip refused: tunnels never reach into the cluster");
+        if let Some(suppressed) = self.broker.refusals_log.allow() {
+            warn!(signer = ?self.signer, host, port, suppressed, "direct-tcpip refused: tunnels never reach into the cluster");
+        }
         self.broker
             .metrics
             .ssh_refused_requests

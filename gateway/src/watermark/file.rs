@@ -16,6 +16,13 @@
 //!   only once its batch (or a later one: every write holds the whole state) is durable, so
 //!   many keys share one fsync. Throughput is about (concurrent requests) / (one durable
 //!   write); [`gather`] keeps the batches from splitting when the released requests return.
+//! - **Lost state is not a first start.** Creating a store (`create_if_missing`) leaves a
+//!   birth marker beside its directory (`.<dir name>.created` in the parent), and the store is
+//!   never created again while that marker exists: a store removed while the gateway runs, or
+//!   between runs, is refused at the next start whatever `create_if_missing` says. While the
+//!   directory is gone, each failed write also leaves the marks held in memory beside it
+//!   (`<dir name>.rescued.json`, the state file's format) for the operator to restore. Only
+//!   `watermark set` (an explicit operator action) creates a store despite the marker.
 //! - **Failure.** If a write fails, the waiters of that batch are refused
 //!   ([`WatermarkError::Store`]), the marks stay raised in memory (a skipped level is safe, a
 //!   double signature is not), the store reports unhealthy, and the next change (or identical
@@ -69,6 +76,24 @@ pub enum OpenError {
     Missing {
         /// The state file that was expected.
         path: PathBuf,
+    },
+    /// The store is gone but this gateway created it before: lost state, not a first start.
+    #[error(
+        "watermark store {} is gone, but a store was created there before ({} exists): this is lost \
+         state, not a first start, so no empty store is created whatever watermark.create_if_missing \
+         says. Restore the directory{}, or seed the marks with `signer-gateway watermark set` \
+         (an operator decision)",
+        .dir.display(), .marker.display(),
+        .rescue.as_ref().map(|r| format!(", or copy {} (the marks the gateway held when the store \
+         vanished) to {}", r.display(), .dir.join(STATE_FILE).display())).unwrap_or_default()
+    )]
+    Lost {
+        /// The store directory.
+        dir: PathBuf,
+        /// The birth marker that proves a store existed.
+        marker: PathBuf,
+        /// The marks rescued from memory when the store vanished, if any were written.
+        rescue: Option<PathBuf>,
     },
     /// The state file exists but cannot be understood. It is never reset automatically.
     #[error("watermark state {} is unreadable, refusing to start (it is never reset automatically): {reason}", .path.display())]
@@ -288,21 +313,74 @@ impl fmt::Debug for FileStore {
     }
 }
 
+/// What to do when the store does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMissing {
+    /// Refuse (`watermark.create_if_missing: false`).
+    Refuse,
+    /// Create an empty store on a first start only: never where a store was created before
+    /// (`watermark.create_if_missing: true`).
+    CreateFirst,
+    /// Create it anyway: the operator's explicit `watermark set`.
+    Create,
+}
+
+/// The birth marker of the store in `dir`: `.<name>.created` in its parent directory.
+fn birth_marker(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_str()?;
+    Some(parent_of(dir).join(format!(".{name}.created")))
+}
+
+/// Where the marks held in memory go when the store directory vanished.
+fn rescue_path(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_str()?;
+    Some(parent_of(dir).join(format!("{name}.rescued.json")))
+}
+
+fn parent_of(dir: &Path) -> &Path {
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 impl FileStore {
+    /// Open the store in `dir` as the gateway does: [`FileStore::open_with`], creating it
+    /// only on a first start when `create_if_missing`.
+    pub fn open(dir: &Path, create_if_missing: bool) -> Result<FileStore, OpenError> {
+        let if_missing = if create_if_missing {
+            IfMissing::CreateFirst
+        } else {
+            IfMissing::Refuse
+        };
+        FileStore::open_with(dir, if_missing)
+    }
+
     /// Open the store in `dir`: lock it, load `dir/watermarks.json` and start the writer thread.
     ///
-    /// A missing state is an error unless `create_if_missing` (config
-    /// `watermark.create_if_missing`), in which case the directory and an empty state are
-    /// created durably. An unreadable state is always an error: it is never reset.
-    pub fn open(dir: &Path, create_if_missing: bool) -> Result<FileStore, OpenError> {
+    /// A missing state is refused, or created durably (with its birth marker) as `if_missing`
+    /// says; a store that existed before (its marker is there) is lost state, and only
+    /// [`IfMissing::Create`] creates it again. An unreadable state is always an error: it is
+    /// never reset.
+    pub fn open_with(dir: &Path, if_missing: IfMissing) -> Result<FileStore, OpenError> {
         let path = dir.join(STATE_FILE);
+        let marker = birth_marker(dir);
+        let may_create = || -> Result<(), OpenError> {
+            match (if_missing, &marker) {
+                (IfMissing::Refuse, _) => Err(OpenError::Missing { path: path.clone() }),
+                (IfMissing::CreateFirst, Some(m)) if m.exists() => Err(OpenError::Lost {
+                    dir: dir.to_path_buf(),
+                    marker: m.clone(),
+                    rescue: rescue_path(dir).filter(|r| r.exists()),
+                }),
+                _ => Ok(()),
+            }
+        };
         match fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => return Err(io_err("use as a directory", dir)(io::Error::other("not a directory"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !create_if_missing {
-                    return Err(OpenError::Missing { path });
-                }
+                may_create()?;
                 fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
                 sync_parent(dir)?;
             }
@@ -316,16 +394,21 @@ impl FileStore {
                 reason,
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !create_if_missing {
-                    return Err(OpenError::Missing { path });
-                }
+                may_create()?;
                 let empty = encode_state(&[]).map_err(|e| io_err("encode", &path)(io::Error::other(e)))?;
                 durable_write(dir, STATE_FILE, &empty).map_err(io_err("create", &path))?;
-                tracing::warn!(path = %path.display(), "created an empty watermark state (watermark.create_if_missing)");
+                tracing::warn!(path = %path.display(), "created an empty watermark state");
                 BTreeMap::new()
             }
             Err(e) => return Err(io_err("read", &path)(e)),
         };
+        // From now on a missing store here is lost state (stores made before markers existed
+        // get theirs at their next open).
+        if let Some(m) = marker.as_ref().filter(|m| !m.exists()) {
+            let note = format!("watermark store {} created or first opened here\n", dir.display());
+            let name = m.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            durable_write(parent_of(dir), name, note.as_bytes()).map_err(io_err("write the birth marker", m))?;
+        }
         tracing::info!(path = %path.display(), marks = marks.len(), "watermark state loaded");
 
         let state = State {
@@ -487,6 +570,7 @@ fn writer_loop(dir: &Path, shared: &Shared, progress: &watch::Sender<Progress>) 
             Err(e) => {
                 let msg = format!("writing {}: {e}", dir.join(STATE_FILE).display());
                 tracing::error!(batch, error = %msg, "watermark write failed: refusing the requests of this batch");
+                rescue(dir, &snapshot);
                 st.failed = batch;
                 st.healthy = false;
                 st.last_error = Some(Arc::from(msg));
@@ -499,6 +583,30 @@ fn writer_loop(dir: &Path, shared: &Shared, progress: &watch::Sender<Progress>) 
             failed: st.failed,
             error: st.last_error.clone(),
         });
+    }
+}
+
+/// The store directory vanished: leave the marks held in memory beside it, in the state
+/// file's format, so the operator can put them back (best effort; logged either way).
+fn rescue(dir: &Path, snapshot: &[(MarkKey, Mark)]) {
+    if dir.exists() {
+        return;
+    }
+    let Some(path) = rescue_path(dir) else { return };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let written = encode_state(snapshot)
+        .map_err(io::Error::other)
+        .and_then(|bytes| durable_write(parent_of(dir), &name, &bytes));
+    match written {
+        Ok(()) => tracing::error!(
+            dir = %dir.display(),
+            rescue = %path.display(),
+            marks = snapshot.len(),
+            "the watermark store directory is gone: the marks held in memory were written beside it"
+        ),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "the watermark store directory is gone and the marks could not be rescued")
+        }
     }
 }
 
@@ -701,8 +809,28 @@ mod tests {
     const SIG: &str =
         "edsigtXomBKi5CTRf5cjATJWSyaRvhfYNHqSUGrn4SdbYRcGwQrUGjzEfQDTuqHhuA8b2d8NarZjz8TRf65WkpQmo423BtomS8Q";
 
-    fn open_new() -> (tempfile::TempDir, FileStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A store directory inside a temp dir, so the birth marker and rescue file beside it
+    /// stay inside the temp dir too.
+    pub(crate) struct TestDir {
+        _root: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    impl TestDir {
+        pub(crate) fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    pub(crate) fn test_dir() -> TestDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("store");
+        fs::create_dir(&path).expect("store dir");
+        TestDir { _root: root, path }
+    }
+
+    fn open_new() -> (TestDir, FileStore) {
+        let dir = test_dir();
         let store = FileStore::open(dir.path(), true).expect("open new store");
         (dir, store)
     }
@@ -717,7 +845,7 @@ mod tests {
 
     #[tokio::test]
     async fn table_on_file_store() {
-        let mut current: Option<(Arc<FileStore>, tempfile::TempDir)> = None;
+        let mut current: Option<(Arc<FileStore>, TestDir)> = None;
         run_table(|new| {
             if new || current.is_none() {
                 current = None; // drop the old store before its directory
@@ -736,7 +864,7 @@ mod tests {
     /// every row must hold across a restart.
     #[tokio::test]
     async fn table_on_file_store_across_restart() {
-        let mut dir: Option<tempfile::TempDir> = None;
+        let mut dir: Option<TestDir> = None;
         run_table(|new| {
             if new {
                 let (d, store) = open_new();
@@ -841,7 +969,7 @@ mod tests {
 
     #[test]
     fn missing_state_refuses_without_create_if_missing() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = test_dir();
         // Directory missing entirely.
         let gone = dir.path().join("never-created");
         let e = FileStore::open(&gone, false).expect_err("must refuse");
@@ -856,9 +984,61 @@ mod tests {
         assert!(!dir.path().join(STATE_FILE).exists());
     }
 
+    /// A store removed while the gateway runs is lost state at the next start, with any
+    /// setting: never an empty store that would sign again at released levels. The marks held
+    /// in memory are left beside it and can be put back.
+    #[tokio::test]
+    async fn a_store_removed_while_running_is_never_recreated_empty() {
+        let (dir, store) = open_new();
+        let k = key(Kind::Attestation);
+        assert_eq!(store.check_and_record(&req(k, 100, 0, 1)).await, Ok(Outcome::Recorded));
+        fs::remove_dir_all(dir.path()).expect("remove the store");
+        let e = store
+            .check_and_record(&req(k, 101, 0, 2))
+            .await
+            .expect_err("not durable");
+        assert_eq!(e.reason(), RefusalReason::Store);
+        drop(store);
+        let rescue = rescue_path(dir.path()).expect("rescue path");
+        let rescued = parse_state(&fs::read(&rescue).expect("rescued marks")).expect("same format");
+        assert_eq!(rescued.get(&k).map(|m| m.level), Some(101), "the marks held in memory");
+
+        // Production settings refuse; so does create_if_missing, naming the rescue file.
+        assert!(matches!(
+            FileStore::open(dir.path(), false),
+            Err(OpenError::Missing { .. })
+        ));
+        let e = FileStore::open(dir.path(), true).expect_err("lost state");
+        assert!(matches!(e, OpenError::Lost { rescue: Some(_), .. }), "{e:?}");
+        assert!(e.to_string().contains(&rescue.display().to_string()), "{e}");
+        assert!(!dir.path().exists(), "nothing was created");
+
+        // The operator puts the rescued marks back: the store opens with them.
+        fs::create_dir(dir.path()).expect("dir");
+        fs::copy(&rescue, dir.path().join(STATE_FILE)).expect("restore");
+        let store = reopen(dir.path());
+        let e = store
+            .check_and_record(&req(k, 101, 0, 3))
+            .await
+            .expect_err("other bytes");
+        assert_eq!(e.reason(), RefusalReason::DifferentData);
+    }
+
+    #[test]
+    fn only_the_operator_recreates_a_lost_store() {
+        let (dir, store) = open_new();
+        drop(store);
+        fs::remove_dir_all(dir.path()).expect("remove");
+        let e = FileStore::open(dir.path(), true).expect_err("lost");
+        assert!(matches!(e, OpenError::Lost { rescue: None, .. }), "{e:?}");
+        // `watermark set`: the operator's explicit decision.
+        let store = FileStore::open_with(dir.path(), IfMissing::Create).expect("created by the operator");
+        assert!(store.list().is_empty());
+    }
+
     #[test]
     fn create_if_missing_creates_directory_and_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = test_dir();
         let nested = dir.path().join("a/b");
         let store = FileStore::open(&nested, true).expect("create");
         assert!(store.list().is_empty());
@@ -910,7 +1090,7 @@ mod tests {
             } else {
                 text
             };
-            let dir = tempfile::tempdir().expect("tempdir");
+            let dir = test_dir();
             let path = dir.path().join(STATE_FILE);
             fs::write(&path, &text).expect("write");
             for create in [false, true] {
@@ -925,7 +1105,7 @@ mod tests {
             );
         }
         // The well-formed variant does open (the cases above fail for their stated reason).
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = test_dir();
         fs::write(
             dir.path().join(STATE_FILE),
             format!(r#"{{"version":1,"marks":[{good_mark}]}}"#),
@@ -1146,7 +1326,7 @@ mod tests {
 
     #[test]
     fn durable_write_replaces_atomically() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = test_dir();
         durable_write(dir.path(), "x.json", b"one").expect("write");
         durable_write(dir.path(), "x.json", b"two").expect("write");
         assert_eq!(fs::read(dir.path().join("x.json")).expect("read"), b"two");

@@ -25,7 +25,7 @@ use crate::tezos::{ChainId, Pkh};
 mod file;
 mod memory;
 
-pub use file::{durable_write, FileStore, OpenError};
+pub use file::{durable_write, FileStore, IfMissing, OpenError};
 pub use memory::MemoryStore;
 
 /// What a watermark is kept for: one (chain, key, kind).
