@@ -308,6 +308,10 @@ pub struct Stats {
     pub sign_requests: u64,
     /// Protocol requests received (all paths except `/_control/`).
     pub requests: u64,
+    /// Protocol requests being handled right now, and the most there ever were at once.
+    pub in_flight: u64,
+    /// See `in_flight`.
+    pub max_in_flight: u64,
     /// Hex of the last payload signed (as received, magic byte included).
     pub last_sign_hex: Option<String>,
     /// Query string of the last `POST /keys/…` (to check `version=` is passed on).
@@ -558,8 +562,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let mode = {
         let mut g = state.lock();
         g.stats.requests += 1;
+        g.stats.in_flight += 1;
+        g.stats.max_in_flight = g.stats.max_in_flight.max(g.stats.in_flight);
         g.mode
     };
+    // Counted down however the request ends (answered, or dropped mid-way).
+    struct InFlight<'a>(&'a State);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            let mut g = self.0.lock();
+            g.stats.in_flight = g.stats.in_flight.saturating_sub(1);
+        }
+    }
+    let _in_flight = InFlight(state);
     let is_sign = req.method() == Method::POST && path.starts_with("/keys/");
     let query = req.uri().query().map(str::to_string);
     let method = req.method().clone();

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,21 @@ use crate::api::Body;
 use crate::http_errors::JsonErrors;
 use crate::limits::{LogLimiter, SourceCounts};
 use crate::metrics::Metrics;
+
+/// The answer to a connection over its source's cap: a JSON error trace, then close.
+fn too_many_from_source() -> Vec<u8> {
+    let body = serde_json::json!([{
+        "kind": "temporary",
+        "id": "signer_gateway.too_many_connections",
+        "msg": "too many connections from this address",
+    }])
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// The limits of one HTTP port.
 #[derive(Debug, Clone)]
@@ -99,8 +115,14 @@ pub async fn serve<H, Fut>(
             }
         };
         let Some(source) = sources.enter(peer.ip(), limits.per_source) else {
-            // Closed at once: the permit goes back to the next client.
+            // Answered and closed at once (off the accept loop): the permit goes back to the
+            // next client, and this one reads why.
             refuse("per_source");
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&too_many_from_source())).await;
+                drop(permit);
+            });
             continue;
         };
         if let Err(e) = stream.set_nodelay(true) {

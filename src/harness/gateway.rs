@@ -236,21 +236,28 @@ impl Gateway {
         Ok((ssh, word("host_key=")?.to_string()))
     }
 
-    /// The value of one series in `/metrics` (0 when absent), e.g.
+    /// The value in `/metrics` of the series of `name` with `label="value"`, summed over their
+    /// other labels (0 when absent), e.g.
     /// `metric("signer_gateway_ssh_sessions_total", "result", "accepted")`.
     pub async fn metric(&self, name: &str, label: &str, value: &str) -> anyhow::Result<f64> {
         let (code, body) = self.client.get(&self.admin_url("/metrics")).await?;
         anyhow::ensure!(code.is_success(), "GET /metrics: {code}");
         let text = body.as_str().unwrap_or_default();
-        let series = format!("{name}{{{label}=\"{value}\"}}");
+        // Every series of `name` with that label value, whatever its other labels: summed.
+        let wanted = format!("{label}=\"{value}\"");
+        let mut sum = 0.0;
         for line in text.lines() {
-            if let Some((s, v)) = line.rsplit_once(' ') {
-                if s == series {
-                    return v.parse().with_context(|| format!("value of {line:?}"));
-                }
+            let Some((series, v)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) else {
+                continue;
+            };
+            if labels.trim_end_matches('}').split(',').any(|l| l == wanted) {
+                sum += v.parse::<f64>().with_context(|| format!("value of {line:?}"))?;
             }
         }
-        Ok(0.0)
+        Ok(sum)
     }
 
     /// The `state` (`up`, `down`, `unknown`) of signer `name` in `/status`.
