@@ -67,7 +67,7 @@ use gateway_e2e::fault_proxy::{FaultProxy, ProxyOptions};
 use gateway_e2e::harness::{attestation, bls_attestation, Gateway, TestSignerProcess, TEST_CHAIN};
 use gateway_e2e::ssh_client::{SshClient, SshKey, ALLOCATED};
 use gateway_e2e::test_signer::{bls_key_from_seed, key_from_seed, Mode};
-use gateway_e2e::tunnel_harness::{run_to_end, tunnel_command, TunnelClient, TunnelConfig};
+use gateway_e2e::tunnel_harness::{keygen, TunnelClient, TunnelConfig};
 use signer_gateway::config::Config;
 use signer_gateway::tezos::Pkh;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -663,35 +663,6 @@ async fn measure_link(opts: &Opts) -> anyhow::Result<LinkRtt> {
     })
 }
 
-/// `signer-tunnel keygen` into `dir`: (private key path, public key line).
-async fn keygen(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let path = dir.join("id_ed25519");
-    let path_text = path.to_str().context("temp path is not UTF-8")?;
-    let out = run_to_end(
-        tunnel_command(&["keygen", "--out", path_text, "--comment", "baker-link"])?,
-        SETTLE,
-    )
-    .await?;
-    ensure!(out.status.success(), "signer-tunnel keygen failed: {out}");
-    Ok((path, out.stdout.trim().to_string()))
-}
-
-/// A client with the defaults of `deploy/examples/signer-tunnel.yaml` (the harness's own are
-/// test-fast ones).
-fn example_client_config(gateway: SocketAddr, host_key: &str, identity: &Path, signer: SocketAddr) -> TunnelConfig {
-    let mut c = TunnelConfig::new(gateway, host_key, identity, signer);
-    c.connect_timeout = Duration::from_secs(5);
-    c.keepalive_interval = Duration::from_secs(1);
-    c.keepalive_max = 3;
-    c.tcp_user_timeout = Duration::from_secs(5);
-    c.backoff_initial = Duration::from_millis(500);
-    c.backoff_max = Duration::from_secs(10);
-    c.backoff_reset_after = Duration::from_secs(30);
-    c.health_interval = Duration::from_secs(1);
-    c.health_timeout = Duration::from_secs(1);
-    c
-}
-
 /// `sshd -D -e` with a config, host key and authorized keys in a temp dir. Dropping it kills
 /// its session processes and then itself.
 struct Sshd {
@@ -882,7 +853,7 @@ async fn gateway_rig(opts: &Opts, scenario: Scenario, pi: &Pi<'_>, work: &Path) 
     .await?;
     let dir = work.join(scenario.dir_name());
     std::fs::create_dir_all(&dir)?;
-    let cfg = example_client_config(proxy.addr(), &host_key, pi.identity, pi.signer.addr());
+    let cfg = TunnelConfig::production(proxy.addr(), &host_key, pi.identity, pi.signer.addr());
     let tunnel = TunnelClient::start(&dir, &cfg)?;
     let rig = Rig {
         api: gw.api,
@@ -1231,7 +1202,7 @@ async fn run(opts: &Opts) -> anyhow::Result<Targets> {
     if opts.link_part {
         println!();
         println!("part 2: round trips over the Pi's link");
-        let (identity, public) = keygen(work.path()).await?;
+        let (identity, public) = keygen(work.path(), "baker-link").await?;
         let pi = Pi {
             signer: &signer,
             pkh: tz4.pkh(),

@@ -74,7 +74,9 @@ use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
 use gateway_e2e::harness::{attestation, Client, Gateway, TestSignerProcess, TEST_CHAIN};
 use gateway_e2e::ssh_client::{ssh_bin, SshClient, SshKey, ALLOCATED};
 use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
-use gateway_e2e::tunnel_harness::{run_to_end, target_dir, tunnel_bin, tunnel_command, TunnelClient, TunnelConfig};
+use gateway_e2e::tunnel_harness::{
+    keygen, run_to_end, target_dir, tunnel_bin, tunnel_command, TunnelClient, TunnelConfig,
+};
 use http::StatusCode;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -441,40 +443,6 @@ fn mean_between(a: (f64, f64), b: (f64, f64)) -> Option<Duration> {
 
 const WATERMARK_METRIC: &str = "signer_gateway_watermark_duration_seconds";
 const SIGN_METRIC: &str = "signer_gateway_sign_duration_seconds";
-
-/// `signer-tunnel keygen` into `dir`: (private key path, public key line).
-async fn keygen(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let path = dir.join("id_ed25519");
-    let path_text = path.to_str().context("temp path is not UTF-8")?;
-    let out = run_to_end(
-        tunnel_command(&["keygen", "--out", path_text, "--comment", "tunnel-bench"])?,
-        Duration::from_secs(20),
-    )
-    .await?;
-    ensure!(out.status.success(), "signer-tunnel keygen failed: {out}");
-    Ok((path, out.stdout.trim().to_string()))
-}
-
-/// A client config with the defaults of `deploy/examples/signer-tunnel.yaml` (the harness's
-/// own defaults are test-fast ones).
-fn example_client_config(gateway: SocketAddr, host_key: &str, identity: &Path, signer: SocketAddr) -> TunnelConfig {
-    let mut c = TunnelConfig::new(gateway, host_key, identity, signer);
-    c.connect_timeout = Duration::from_secs(5);
-    c.keepalive_interval = Duration::from_secs(1);
-    c.keepalive_max = 3;
-    c.tcp_user_timeout = Duration::from_secs(5);
-    c.uplink_retry = Duration::from_secs(10);
-    c.host_key_mismatch_retry = Duration::from_secs(60);
-    c.backoff_initial = Duration::from_millis(500);
-    c.backoff_max = Duration::from_secs(10);
-    c.backoff_reset_after = Duration::from_secs(30);
-    c.health_path = "/authorized_keys".into();
-    c.health_interval = Duration::from_secs(1);
-    c.health_timeout = Duration::from_secs(1);
-    c.health_fall = 2;
-    c.health_rise = 1;
-    c
-}
 
 fn describe_client(c: &TunnelConfig) -> String {
     format!(
@@ -1043,7 +1011,7 @@ async fn run_scenario(env: &LatencyEnv<'_>, s: Scenario) -> anyhow::Result<(Vec<
             match s.path {
                 Path1::Tunnel => {
                     let (ssh, host_key) = g.ssh_endpoint()?;
-                    let cfg = example_client_config(ssh, &host_key, env.identity, env.signer.addr());
+                    let cfg = TunnelConfig::production(ssh, &host_key, env.identity, env.signer.addr());
                     let dir = env.work.join(format!("client-{:?}", s.store).to_lowercase());
                     fs::create_dir_all(&dir)?;
                     tunnel = Some(TunnelProc::Ours(TunnelClient::start(&dir, &cfg)?));
@@ -1695,7 +1663,7 @@ impl Rig {
     }
 
     fn client_config(&self, uplinks: &[Ipv4Addr], uplink_retry: Duration) -> TunnelConfig {
-        let mut c = example_client_config(self.proxy.addr(), &self.host_key, &self.identity, self.pi.addr());
+        let mut c = TunnelConfig::production(self.proxy.addr(), &self.host_key, &self.identity, self.pi.addr());
         c.uplinks = uplinks.iter().map(|ip| IpAddr::V4(*ip)).collect();
         c.uplink_retry = uplink_retry;
         c
@@ -2421,7 +2389,7 @@ async fn run(opts: &Opts) -> anyhow::Result<Targets> {
         machine_cores(a, machine_jiffies())
     };
     println!("  machine busy before starting (other processes): {idle:.2} cores");
-    let (identity, public) = keygen(work.path()).await?;
+    let (identity, public) = keygen(work.path(), "tunnel-bench").await?;
 
     let mut size_rows = Vec::new();
     if opts.has(Part::Footprint) {

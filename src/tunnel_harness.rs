@@ -136,6 +136,31 @@ impl TunnelConfig {
         }
     }
 
+    /// The settings of `deploy/examples/signer-tunnel.yaml`, what a Pi runs (the [`new`]
+    /// defaults are test-fast ones), for a client of `gateway` pinning `host_key`,
+    /// authenticating with `identity`, forwarding to `signer`.
+    ///
+    /// [`new`]: TunnelConfig::new
+    pub fn production(gateway: SocketAddr, host_key: &str, identity: &Path, signer: SocketAddr) -> TunnelConfig {
+        TunnelConfig {
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_max: 3,
+            tcp_user_timeout: Duration::from_secs(5),
+            uplink_retry: Duration::from_secs(10),
+            host_key_mismatch_retry: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+            backoff_reset_after: Duration::from_secs(30),
+            health_path: "/authorized_keys".to_string(),
+            health_interval: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(1),
+            health_fall: 2,
+            health_rise: 1,
+            ..TunnelConfig::new(gateway, host_key, identity, signer)
+        }
+    }
+
     /// The YAML text.
     pub fn to_yaml(&self) -> String {
         let mut y = String::new();
@@ -507,4 +532,18 @@ mod tests {
         );
         assert!(y.ends_with("log_format: text\n"));
     }
+}
+
+/// `signer-tunnel keygen` into `dir/id_ed25519` with `comment`: (private key path, public key
+/// line for the gateway's `tunnel.keys`).
+pub async fn keygen(dir: &Path, comment: &str) -> anyhow::Result<(PathBuf, String)> {
+    let path = dir.join("id_ed25519");
+    let path_text = path.to_str().context("temp path is not UTF-8")?;
+    let out = run_to_end(
+        tunnel_command(&["keygen", "--out", path_text, "--comment", comment])?,
+        Duration::from_secs(20),
+    )
+    .await?;
+    anyhow::ensure!(out.status.success(), "signer-tunnel keygen failed: {out}");
+    Ok((path, out.stdout.trim().to_string()))
 }

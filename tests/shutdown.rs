@@ -85,6 +85,29 @@ log_format: text
         .unwrap();
     }
 
+    /// A signature request through the tunnel, started and waited for until it reached the
+    /// Pi's signer (switched to `mode` first); returns the request's task.
+    async fn sign_in_flight(
+        &self,
+        mode: Mode,
+    ) -> tokio::task::JoinHandle<anyhow::Result<(StatusCode, serde_json::Value)>> {
+        self.pi.set_mode(mode);
+        let (api, pkh) = (self.gw.api, self.pi.pkhs()[0]);
+        let sign = tokio::spawn(async move {
+            Client::new()
+                .with_timeout(Duration::from_secs(60))
+                .sign(api, "", pkh, &attestation(TEST_CHAIN, 5, 0, 1))
+                .await
+        });
+        eventually(SETTLE, "the sign request to reach the pi", || async {
+            anyhow::ensure!(self.pi.stats().sign_requests == 1);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        sign
+    }
+
     /// SIGTERM; the process must be gone within `within`.
     async fn stop_within(&mut self, within: Duration) -> Duration {
         let t = Instant::now();
@@ -127,21 +150,8 @@ async fn sigterm_ends_a_session_whose_forward_was_withdrawn() {
 async fn sigterm_lets_a_signature_through_a_tunnel_finish() {
     let mut rig = Rig::start(GRACE).await;
     let _tunnel = rig.tunnel().await;
-    rig.pi.set_mode(Mode::Slow(Duration::from_millis(1500)));
-    let (api, pkh) = (rig.gw.api, rig.pi.pkhs()[0]);
-    let sign = tokio::spawn(async move {
-        Client::new()
-            .with_timeout(Duration::from_secs(30))
-            .sign(api, "", pkh, &attestation(TEST_CHAIN, 5, 0, 1))
-            .await
-    });
-    // Let the request reach the Pi, then stop the gateway under it.
-    eventually(SETTLE, "the sign request to reach the pi", || async {
-        anyhow::ensure!(rig.pi.stats().sign_requests == 1);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    // The request reaches the Pi, then the gateway is stopped under it.
+    let sign = rig.sign_in_flight(Mode::Slow(Duration::from_millis(1500))).await;
     let took = rig.stop_within(STOP_WITHIN).await;
     let (status, body) = sign.await.unwrap().unwrap();
     assert_eq!(status, StatusCode::OK, "the signature in flight completes: {body}");
@@ -154,20 +164,7 @@ async fn a_second_signal_exits_at_once() {
     // A long grace: only the second signal can end this stop quickly.
     let mut rig = Rig::start(Duration::from_secs(60)).await;
     let _tunnel = rig.tunnel().await;
-    rig.pi.set_mode(Mode::Hang);
-    let (api, pkh) = (rig.gw.api, rig.pi.pkhs()[0]);
-    let sign = tokio::spawn(async move {
-        Client::new()
-            .with_timeout(Duration::from_secs(60))
-            .sign(api, "", pkh, &attestation(TEST_CHAIN, 5, 0, 1))
-            .await
-    });
-    eventually(SETTLE, "the sign request to reach the pi", || async {
-        anyhow::ensure!(rig.pi.stats().sign_requests == 1);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    let sign = rig.sign_in_flight(Mode::Hang).await;
     rig.gw.signal(libc::SIGTERM).unwrap();
     // The first signal starts a graceful stop that waits for the hung request.
     tokio::time::sleep(Duration::from_millis(500)).await;

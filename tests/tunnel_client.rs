@@ -391,23 +391,6 @@ macro_rules! rig_test {
 // ---------------------------------------------------------------------------------------------
 // One uplink, through the proxy
 
-/// The client's settings from `deploy/examples/signer-tunnel.yaml` (what a Pi runs), with
-/// this rig's gateway, pin, identity and signer.
-fn example_defaults(mut c: TunnelConfig) -> TunnelConfig {
-    c.connect_timeout = Duration::from_secs(5);
-    c.keepalive_interval = Duration::from_secs(1);
-    c.keepalive_max = 3;
-    c.tcp_user_timeout = Duration::from_secs(5);
-    c.backoff_initial = Duration::from_millis(500);
-    c.backoff_max = Duration::from_secs(10);
-    c.backoff_reset_after = Duration::from_secs(30);
-    c.health_interval = Duration::from_secs(1);
-    c.health_timeout = Duration::from_secs(1);
-    c.health_fall = 2;
-    c.health_rise = 1;
-    c
-}
-
 /// Issue 11's bound: the primary serves again within this long after its link returns.
 const BACK_WITHIN: Duration = Duration::from_secs(2);
 /// On top of it: the request cadence of `until_pi_serves` (100 ms) and 13 rigs on 2 cores.
@@ -416,7 +399,7 @@ const BACK_SLACK: Duration = Duration::from_millis(500);
 /// One outage of `outage`: blackhole, then restore with every connection that lived through
 /// it left frozen (as a NAT or LTE link forgets its flows). Returns restore → pi serving.
 async fn outage_then_back(rig: &mut Rig, outage: Duration) -> anyhow::Result<Duration> {
-    let config = example_defaults(rig.tunnel_config());
+    let config = TunnelConfig::production(rig.proxy.addr(), &rig.host_key, &rig.key.private, rig.pi.addr());
     rig.tunnel_up(&config, "127.0.0.1:").await?;
     rig.proxy.set_mode(ProxyMode::Blackhole);
     tokio::time::sleep(outage).await;
@@ -485,7 +468,7 @@ rig_test!(
 
 async fn pi_signs_over_the_other_uplink_within_two_seconds_body(rig: &mut Rig) -> anyhow::Result<()> {
     let (preferred, other) = (ip(2), ip(3));
-    let mut config = example_defaults(rig.tunnel_config());
+    let mut config = TunnelConfig::production(rig.proxy.addr(), &rig.host_key, &rig.key.private, rig.pi.addr());
     config.uplinks = vec![preferred, other];
     rig.tunnel_up(&config, "127.0.0.2:").await?;
     rig.proxy.set_mode_for_source(preferred, ProxyMode::Blackhole);
