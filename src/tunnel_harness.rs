@@ -500,6 +500,20 @@ pub fn tunnel_command(args: &[&str]) -> anyhow::Result<tokio::process::Command> 
     Ok(cmd)
 }
 
+/// `signer-tunnel keygen` into `dir/id_ed25519` with `comment`: (private key path, public key
+/// line for the gateway's `tunnel.keys`).
+pub async fn keygen(dir: &Path, comment: &str) -> anyhow::Result<(PathBuf, String)> {
+    let path = dir.join("id_ed25519");
+    let path_text = path.to_str().context("temp path is not UTF-8")?;
+    let out = run_to_end(
+        tunnel_command(&["keygen", "--out", path_text, "--comment", comment])?,
+        Duration::from_secs(20),
+    )
+    .await?;
+    anyhow::ensure!(out.status.success(), "signer-tunnel keygen failed: {out}");
+    Ok((path, out.stdout.trim().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,18 +546,4 @@ mod tests {
         );
         assert!(y.ends_with("log_format: text\n"));
     }
-}
-
-/// `signer-tunnel keygen` into `dir/id_ed25519` with `comment`: (private key path, public key
-/// line for the gateway's `tunnel.keys`).
-pub async fn keygen(dir: &Path, comment: &str) -> anyhow::Result<(PathBuf, String)> {
-    let path = dir.join("id_ed25519");
-    let path_text = path.to_str().context("temp path is not UTF-8")?;
-    let out = run_to_end(
-        tunnel_command(&["keygen", "--out", path_text, "--comment", comment])?,
-        Duration::from_secs(20),
-    )
-    .await?;
-    anyhow::ensure!(out.status.success(), "signer-tunnel keygen failed: {out}");
-    Ok((path, out.stdout.trim().to_string()))
 }
