@@ -593,7 +593,7 @@ fn binary_sizes(work: &Path, targets: &mut Targets) -> anyhow::Result<Vec<String
     ));
     let arm = match std::env::var_os("SIGNER_TUNNEL_AARCH64_BIN") {
         Some(p) => PathBuf::from(p),
-        None => target_dir()?.join("aarch64-unknown-linux-gnu/release/signer-tunnel"),
+        None => target_dir()?.join("aarch64-unknown-linux-gnu/pi/signer-tunnel"),
     };
     if !arm.is_file() {
         rows.push(format!(

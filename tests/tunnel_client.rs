@@ -1353,13 +1353,13 @@ fn in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// The aarch64 `signer-tunnel`: `$SIGNER_TUNNEL_AARCH64_BIN`, else
-/// `target/aarch64-unknown-linux-gnu/release/signer-tunnel`.
+/// The aarch64 `signer-tunnel`: `$SIGNER_TUNNEL_AARCH64_BIN`, else the Pi build
+/// `target/aarch64-unknown-linux-gnu/pi/signer-tunnel` (`cargo build --profile pi`).
 fn aarch64_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("SIGNER_TUNNEL_AARCH64_BIN") {
         return Ok(PathBuf::from(p));
     }
-    Ok(target_dir()?.join("aarch64-unknown-linux-gnu/release/signer-tunnel"))
+    Ok(target_dir()?.join("aarch64-unknown-linux-gnu/pi/signer-tunnel"))
 }
 
 /// Is `path` an ELF executable for AArch64 (e_machine 183)?
@@ -1393,7 +1393,7 @@ async fn aarch64_build_under_qemu() {
         }
         (_, false) => Some(format!(
             "{} does not exist (build it: apt-get install -y gcc-aarch64-linux-gnu; \
-             CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc cargo build --release \
+             CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc cargo build --profile pi \
              -p signer-tunnel --target aarch64-unknown-linux-gnu)",
             bin.display()
         )),

@@ -8,8 +8,9 @@
 //!   for tz4).
 //! - [`payload`]: strict parser of the bytes to sign (kind, chain, level, round).
 //! - [`watermark`]: the high-watermark rule and its stores (memory, file).
-//! - [`pool`]: signers in priority order, health checks, failover; [`pool::Connect`] is
-//!   how a signer is reached (TCP today, an SSH tunnel later).
+//! - [`transport`]: how a signer is reached ([`transport::Connect`]: TCP, or a channel through
+//!   a Pi's tunnel) and how the broker tells the pool a route changed.
+//! - [`pool`]: signers in priority order, health checks, failover, per-signer limits.
 //! - [`signing`]: the pipeline parse → policy → watermark → signer → verify.
 //! - [`api`]: the octez remote-signer HTTP protocol over [`signing`].
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
@@ -36,6 +37,7 @@ pub mod pool;
 pub mod server;
 pub mod signing;
 pub mod tezos;
+pub mod transport;
 pub mod tunnel;
 pub mod watermark;
 

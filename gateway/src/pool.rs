@@ -26,60 +26,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::HealthCheckConfig;
 use crate::metrics::Metrics;
-
-/// A byte stream to a signer.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-/// How to open a new byte stream to one signer.
-pub trait Connect: Send + Sync + 'static {
-    /// Open a new stream (TCP connection, tunnel channel…).
-    fn connect(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>>;
-    /// Human-readable address for status and logs.
-    fn describe(&self) -> String;
-}
-
-/// A signer reachable over plain TCP at `host:port` (resolved at every connect).
-pub struct TcpConnect {
-    address: String,
-}
-
-impl TcpConnect {
-    /// Connector for `host:port`.
-    pub fn new(address: impl Into<String>) -> TcpConnect {
-        TcpConnect {
-            address: address.into(),
-        }
-    }
-}
-
-impl Connect for TcpConnect {
-    fn connect(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> {
-        let address = self.address.clone();
-        Box::pin(async move {
-            let stream = tokio::net::TcpStream::connect(address.as_str()).await?;
-            // Small request/response exchanges: Nagle would add tens of ms of tail latency.
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as Box<dyn Io>)
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("tcp://{}", self.address)
-    }
-}
+pub use crate::transport::{Connect, Io, TcpConnect};
 
 /// Largest response body accepted from a signer.
 const MAX_SIGNER_BODY: usize = 64 * 1024;
@@ -473,7 +430,7 @@ pub enum PoolError {
 /// Connects a tunnel broker's route changes to the pool without a reference cycle.
 pub struct PoolObserver(pub std::sync::Weak<Pool>);
 
-impl crate::tunnel::RouteObserver for PoolObserver {
+impl crate::transport::RouteObserver for PoolObserver {
     fn route_changed(&self, signer: &str, up: bool, reason: &str) {
         if let Some(pool) = self.0.upgrade() {
             pool.route_changed(signer, up, reason);

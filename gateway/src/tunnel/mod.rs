@@ -19,26 +19,30 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::future::BoxFuture;
-use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
-use russh::server::{Auth, Msg, Session};
-use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use russh::{MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
+mod connect;
+mod handler;
+mod host_key;
+
+pub use connect::TunnelConnect;
+use handler::{Admitted, SessionHandler};
+pub use host_key::load_or_create_host_key;
+
 use crate::config::SshConfig;
-use crate::limits::{CountGuard, Counts, LogLimiter, SourceCounts, SourceGuard};
+use crate::limits::{Counts, LogLimiter, SourceCounts};
 use crate::metrics::Metrics;
-use crate::pool::{Connect, Io};
+pub use crate::transport::RouteObserver;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,49 +63,6 @@ pub enum BrokerError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Told when a signer's route appears or disappears, so the pool reacts at once.
-pub trait RouteObserver: Send + Sync + 'static {
-    /// `up`: a session now carries the signer's forward; otherwise it has none.
-    fn route_changed(&self, signer: &str, up: bool, reason: &str);
-}
-
-/// Load the ed25519 host key, or create one (mode 0600) when the file does not exist.
-pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, BrokerError> {
-    let err = |message: String| BrokerError::HostKey {
-        path: path.display().to_string(),
-        message,
-    };
-    match std::fs::metadata(path) {
-        Ok(_) => russh::keys::load_secret_key(path, None).map_err(|e| err(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use rand::RngCore as _;
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut seed = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut seed);
-            let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-            let text = key
-                .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-                .map_err(|e| err(e.to_string()))?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create its directory: {e}")))?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| err(format!("cannot create: {e}")))?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| err(format!("cannot write: {e}")))?;
-            info!(path = %path.display(), "generated a new ed25519 SSH host key");
-            Ok(key)
-        }
-        Err(e) => Err(err(e.to_string())),
-    }
 }
 
 /// The session currently carrying a signer's forward.
@@ -577,291 +538,4 @@ async fn reap(old: Route) {
     let _ = tokio::time::timeout(Duration::from_millis(500), polite).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = old.socket.shutdown(Shutdown::Both);
-}
-
-/// A connection's places before authentication: one of `max_startups.full`, one of its
-/// source's `max_unauthenticated_per_source`. Released when it authenticates.
-struct Admitted {
-    // Held, never read: dropping them frees the places.
-    _permit: OwnedSemaphorePermit,
-    _source: SourceGuard,
-}
-
-/// One SSH session's callbacks.
-struct SessionHandler {
-    broker: Arc<Broker>,
-    id: u64,
-    peer: SocketAddr,
-    /// Set once a listed key authenticated.
-    signer: Option<String>,
-    /// Counts against the pre-authentication limits until authentication succeeds.
-    admitted: Option<Admitted>,
-    /// The session's places among authenticated sessions (total, per signer).
-    session_slots: Option<(OwnedSemaphorePermit, CountGuard<String>)>,
-    authed: Option<oneshot::Sender<()>>,
-    socket: Arc<std::net::TcpStream>,
-    forwarded: Option<String>,
-    /// Why authentication last failed, counted once when an unauthenticated session ends.
-    rejected: Option<&'static str>,
-    /// Set by the watchdog when the authentication deadline passed.
-    timed_out: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl SessionHandler {
-    /// Remember why this connection failed to authenticate and log it (rate-limited).
-    fn reject(&mut self, reason: &'static str, what: &str) {
-        self.rejected = Some(reason);
-        self.broker.log_auth_failure(self.peer, what);
-    }
-}
-
-impl Drop for SessionHandler {
-    /// A connection that never authenticated is counted once, by its last failure.
-    fn drop(&mut self) {
-        if self.signer.is_some() && self.authed.is_none() {
-            return;
-        }
-        let reason = if self.timed_out.load(Ordering::Relaxed) {
-            "rejected_auth_timeout"
-        } else {
-            self.rejected.unwrap_or("closed_before_auth")
-        };
-        self.broker.metrics.ssh_sessions.with_label_values(&[reason]).inc();
-    }
-}
-
-impl russh::server::Handler for SessionHandler {
-    type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Reject {
-            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
-            partial_success: false,
-        })
-    }
-
-    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        self.reject(
-            "rejected_auth_method",
-            &format!("password authentication refused (user {user:?})"),
-        );
-        Ok(Auth::Reject {
-            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
-            partial_success: false,
-        })
-    }
-
-    async fn auth_keyboard_interactive<'a>(
-        &'a mut self,
-        user: &str,
-        _submethods: &str,
-        _response: Option<russh::server::Response<'a>>,
-    ) -> Result<Auth, Self::Error> {
-        self.reject(
-            "rejected_auth_method",
-            &format!("keyboard-interactive authentication refused (user {user:?})"),
-        );
-        Ok(Auth::Reject {
-            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
-            partial_success: false,
-        })
-    }
-
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: russh::server::PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        // Tell the client at once that an unknown key will not do, before it signs anything
-        // (clients that ask first never reach `auth_publickey` with an unknown key).
-        let known = key_bytes(offer.public_key).is_some_and(|b| self.broker.keys.contains_key(&b));
-        if known {
-            return Ok(Auth::Accept);
-        }
-        let fp = offer.public_key.fingerprint(HashAlg::Sha256);
-        self.reject(
-            "rejected_unknown_key",
-            &format!("unknown key {fp} (user {user:?}) refused"),
-        );
-        Ok(Auth::reject())
-    }
-
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: russh::server::VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        let signer = key_bytes(key.public_key).and_then(|b| self.broker.keys.get(&b).cloned());
-        match signer {
-            Some(name) => {
-                // Caps on authenticated sessions: all together, and per signer (newest wins
-                // makes a reconnect briefly hold two; a leaked key cannot open hundreds).
-                let total = Arc::clone(&self.broker.authenticated).try_acquire_owned().ok();
-                let mine = self
-                    .broker
-                    .sessions_per_signer
-                    .enter(name.clone(), self.broker.settings.max_sessions_per_signer);
-                let (Some(total), Some(mine)) = (total, mine) else {
-                    self.reject(
-                        "rejected_too_many_sessions",
-                        &format!("too many sessions for signer {name} (or in all): refused"),
-                    );
-                    return Ok(Auth::reject());
-                };
-                info!(signer = %name, user, "ssh key accepted");
-                self.session_slots = Some((total, mine));
-                self.signer = Some(name);
-                Ok(Auth::Accept)
-            }
-            None => {
-                let fp = key.public_key.fingerprint(HashAlg::Sha256);
-                self.reject(
-                    "rejected_unknown_key",
-                    &format!("unknown key {fp} (user {user:?}) refused"),
-                );
-                Ok(Auth::reject())
-            }
-        }
-    }
-
-    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
-        self.admitted.take();
-        if let Some(tx) = self.authed.take() {
-            let _ = tx.send(());
-        }
-        self.broker.metrics.ssh_sessions.with_label_values(&["accepted"]).inc();
-        Ok(())
-    }
-
-    async fn channel_open_session(
-        &mut self,
-        _channel: Channel<Msg>,
-        reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        debug!(signer = ?self.signer, "session channel refused (no shell, exec, subsystem or agent)");
-        self.broker
-            .metrics
-            .ssh_refused_requests
-            .with_label_values(&["session"])
-            .inc();
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
-    }
-
-    async fn channel_open_direct_tcpip(
-        &mut self,
-        _channel: Channel<Msg>,
-        host: &str,
-        port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
-        reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        if let Some(suppressed) = self.broker.refusals_log.allow() {
-            warn!(signer = ?self.signer, host, port, suppressed, "direct-tcpip refused: tunnels never reach into the cluster");
-        }
-        self.broker
-            .metrics
-            .ssh_refused_requests
-            .with_label_values(&["direct_tcpip"])
-            .inc();
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        address: &str,
-        port: &mut u32,
-        session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        let Some(signer) = self.signer.clone() else {
-            return Ok(false);
-        };
-        // Nothing is bound. A client asking for port 0 expects to be told one: name the
-        // octez-signer port, which it only uses to label the channels we open.
-        if *port == 0 {
-            *port = 6732;
-        }
-        let route = Route {
-            session: self.id,
-            handle: session.handle(),
-            forward: (address.to_string(), *port),
-            peer: self.peer,
-            since: SystemTime::now(),
-            socket: Arc::clone(&self.socket),
-        };
-        self.forwarded = Some(signer.clone());
-        self.broker.register(&signer, route);
-        Ok(true)
-    }
-
-    async fn cancel_tcpip_forward(
-        &mut self,
-        _address: &str,
-        _port: u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        if let Some(signer) = self.forwarded.take() {
-            self.broker
-                .unregister(&signer, self.id, "forward cancelled by the client");
-        }
-        Ok(true)
-    }
-
-    async fn streamlocal_forward(&mut self, _socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
-        self.broker
-            .metrics
-            .ssh_refused_requests
-            .with_label_values(&["streamlocal"])
-            .inc();
-        Ok(false)
-    }
-
-    async fn channel_close(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
-        Ok(())
-    }
-}
-
-/// Reaches a tunnel signer: opens a `forwarded-tcpip` channel on its current session.
-pub struct TunnelConnect {
-    broker: Arc<Broker>,
-    signer: String,
-}
-
-impl Connect for TunnelConnect {
-    fn connect(&self) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> {
-        let route = {
-            let routes = self.broker.routes();
-            routes.get(&self.signer).map(|r| (r.handle.clone(), r.forward.clone()))
-        };
-        let timeout = self.broker.settings.channel_open_timeout;
-        let metrics = Arc::clone(&self.broker.metrics);
-        Box::pin(async move {
-            let Some((handle, (address, port))) = route else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "no tunnel session",
-                ));
-            };
-            let started = Instant::now();
-            let open = handle.channel_open_forwarded_tcpip(address, port, "127.0.0.1", 0);
-            let channel = tokio::time::timeout(timeout, open)
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "channel open timed out"))?
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()))?;
-            metrics.tunnel_channel_open.observe(started.elapsed().as_secs_f64());
-            Ok(Box::new(channel.into_stream()) as Box<dyn Io>)
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("ssh-tunnel://{}", self.signer)
-    }
 }
