@@ -773,13 +773,7 @@ impl Drop for Sshd {
         // sshd forks a process per connection, which starts its own session (setsid): killing
         // the listener alone would leave them. They are ours; kill them by pid first.
         for pid in descendants(self.child.id()) {
-            if let Ok(pid) = libc::pid_t::try_from(pid) {
-                // SAFETY: kill(2) has no memory effects; the pid is a descendant of our child.
-                #[allow(unsafe_code)]
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
+            let _ = gateway_e2e::harness::signal(pid, libc::SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -884,10 +878,7 @@ fn openssh_missing(sshd: &Path) -> Option<String> {
             sshd.display()
         ));
     }
-    // SAFETY: getuid(2) has no memory effects and cannot fail.
-    #[allow(unsafe_code)]
-    let uid = unsafe { libc::getuid() };
-    if uid != 0 {
+    if !rustix::process::getuid().is_root() {
         return Some("sshd must run as root here (it changes user for the session)".into());
     }
     None

@@ -5,7 +5,7 @@
 //!   fault modes, in-process ([`test_signer::TestSigner::spawn`]) or as the `test-signer` binary.
 //! - [`harness`]: runs the real `signer-gateway` binary and `test-signer` processes in temp
 //!   dirs, an HTTP client, deadline polling and payload builders, for the tests in `tests/`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod fault_proxy;

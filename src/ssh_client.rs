@@ -310,7 +310,7 @@ impl SshClient {
     /// Send `sig` (e.g. `libc::SIGTERM`) to the process.
     pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
         let pid = self.child.id().context("ssh already reaped")?;
-        send_signal(pid, sig)
+        crate::harness::signal(pid, sig)
     }
 
     /// SIGTERM and wait up to `within` for the exit.
@@ -333,16 +333,4 @@ fn join(lines: &Lines) -> String {
         s.push('\n');
     }
     s
-}
-
-#[allow(unsafe_code)]
-fn send_signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
-    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is that of
-    // a child not yet reaped (tokio's `Child::id` is None after), so it cannot be reused.
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("kill({pid}, {sig})"));
-    }
-    Ok(())
 }

@@ -388,7 +388,7 @@ impl TunnelClient {
     /// SIGTERM and wait up to `within` for the exit (SIGKILL and an error past it).
     pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
         let mut c = self.child.take().context("signer-tunnel is not running")?;
-        send_signal(c.id(), libc::SIGTERM)?;
+        crate::harness::signal(c.id(), libc::SIGTERM)?;
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = c.try_wait()? {
@@ -418,19 +418,6 @@ impl Drop for TunnelClient {
             eprintln!("{}", self.log_tail(40));
         }
     }
-}
-
-/// Send `sig` to process `pid` (a child of ours, not yet reaped).
-#[allow(unsafe_code)]
-fn send_signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
-    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is that of
-    // a child we have not reaped yet, so it cannot have been reused.
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("kill({pid}, {sig})"));
-    }
-    Ok(())
 }
 
 /// What a one-shot command did.

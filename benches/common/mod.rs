@@ -3,8 +3,8 @@
 #![allow(dead_code)] // each harness uses its own subset
 
 use std::fs;
-use std::io::Read as _;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,44 +43,22 @@ pub struct RenameCounter {
 
 impl RenameCounter {
     pub fn watch(dir: &Path, name: &'static str) -> std::io::Result<RenameCounter> {
-        use std::os::unix::ffi::OsStrExt as _;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        // SAFETY: plain syscall; the result is checked and, when valid, owned by `fd` alone.
-        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: `fd` is open and `path` is a NUL-terminated string that outlives the call.
-        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_MOVE) };
-        if wd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        use rustix::fs::inotify;
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC)?;
+        let wd = inotify::add_watch(&fd, dir, inotify::WatchFlags::MOVE)?;
         let count = Arc::new(AtomicU64::new(0));
         let (reader, thread_count) = (fd.try_clone()?, Arc::clone(&count));
         std::thread::Builder::new().name("inotify".into()).spawn(move || {
-            let mut file = std::fs::File::from(reader);
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
+            let mut events = inotify::Reader::new(&reader, &mut buf);
             loop {
-                let n = match file.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                // struct inotify_event { i32 wd; u32 mask; u32 cookie; u32 len; char name[len]; }
-                let mut at = 0;
-                while at + 16 <= n {
-                    let field = |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().expect("4 bytes"));
-                    let (mask, len) = (field(4), field(12) as usize);
-                    let raw_name = &buf[(at + 16).min(n)..(at + 16 + len).min(n)];
-                    let end = raw_name.iter().position(|&b| b == 0).unwrap_or(raw_name.len());
-                    if mask & libc::IN_IGNORED != 0 {
-                        return;
-                    }
-                    if mask & libc::IN_MOVED_TO != 0 && &raw_name[..end] == name.as_bytes() {
-                        thread_count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    at += 16 + len;
+                let Ok(event) = events.next() else { return };
+                if event.events().contains(inotify::ReadFlags::IGNORED) {
+                    return;
+                }
+                let ours = event.file_name().is_some_and(|n| n.to_bytes() == name.as_bytes());
+                if event.events().contains(inotify::ReadFlags::MOVED_TO) && ours {
+                    thread_count.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })?;
@@ -94,8 +72,7 @@ impl RenameCounter {
 
 impl Drop for RenameCounter {
     fn drop(&mut self) {
-        // Queues IN_IGNORED, which ends the reader thread.
-        // SAFETY: `fd` is open until we return; a stale `wd` only makes the call fail (EINVAL).
-        unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), self.wd) };
+        // Queues IN_IGNORED, which ends the reader thread; a stale `wd` only makes it fail.
+        let _ = rustix::fs::inotify::remove_watch(&self.fd, self.wd);
     }
 }

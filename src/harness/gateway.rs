@@ -171,7 +171,7 @@ impl Gateway {
     /// Send `sig` (e.g. `libc::SIGTERM`) to the current run without waiting.
     pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
         let pid = self.pid().context("gateway is not running")?;
-        super::process::signal(pid, sig)
+        super::signal(pid, sig)
     }
 
     /// Wait up to `within` for the current run to exit; SIGKILL and an error past that.

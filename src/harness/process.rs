@@ -139,17 +139,16 @@ impl Drop for Proc {
     }
 }
 
-/// Send `sig` to process `pid`.
-#[allow(unsafe_code)]
-pub(crate) fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
-    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is that of
-    // a child we have not reaped yet, so it cannot have been reused.
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("kill({pid}, {sig})"));
-    }
-    Ok(())
+/// Send `sig` (`libc::SIGTERM`, `libc::SIGKILL`, …) to process `pid`: the one signal helper
+/// of the test support, without `unsafe` (rustix). The pid must be a child not yet reaped, so
+/// it cannot have been reused.
+pub fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .with_context(|| format!("pid {pid} out of range"))?;
+    let signal = rustix::process::Signal::from_named_raw(sig).with_context(|| format!("signal {sig}"))?;
+    rustix::process::kill_process(pid, signal).with_context(|| format!("kill({pid:?}, {sig})"))
 }
 
 /// The last lines of a log file, for error messages.
