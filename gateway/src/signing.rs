@@ -525,42 +525,59 @@ impl Signing {
     /// Send the bytes to the first signer that signs them with a signature that verifies.
     async fn forward(&self, path: &str, bytes: &Bytes, pk: &PublicKey, scheme: BlsScheme) -> Result<Signed, SignError> {
         let body = Bytes::from(format!("\"{}\"", hex::encode(bytes)));
-        let (signer, result) = self
+        self.ask_for_signature(Method::POST, path, body, "signature", pk.hash(), |sig| {
+            match pk.verify_as(bytes, sig, scheme) {
+                Ok(()) => Ok(()),
+                // A BLS signature under the other scheme is as wrong as any other.
+                Err(_) if matches!(pk, PublicKey::Bls(_)) && pk.verify_as(bytes, sig, scheme.other()).is_ok() => {
+                    Err(format!(
+                        "returned a {} signature where the request asked for {}",
+                        scheme.other().as_str(),
+                        scheme.as_str()
+                    ))
+                }
+                Err(e) => Err(format!("returned a bad signature: {e}")),
+            }
+        })
+        .await
+    }
+
+    /// Ask the signers, in order, for a signature (`field` of a JSON answer) that `check`
+    /// accepts: a 404 asks the next one ("not my key"), another refusal is passed on as the
+    /// signer said it, and a signature `check` refuses is that signer's failure (the next one
+    /// is asked).
+    async fn ask_for_signature(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        field: &str,
+        pkh: Pkh,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<Signed, SignError> {
+        let (signer, answer) = self
             .pool
-            .request(Method::POST, path, body, |a| {
+            .request(method, path, body, |a| {
                 if a.status == StatusCode::NOT_FOUND {
-                    return Verdict::NotHere(Err(None));
+                    return Verdict::NotHere(SignerAnswer::NotHere);
                 }
                 if !a.status.is_success() {
-                    return Verdict::Done(Err(Some((
-                        a.status,
-                        String::from_utf8_lossy(&a.body).trim().to_string(),
-                    ))));
+                    let message = String::from_utf8_lossy(&a.body).trim().to_string();
+                    return Verdict::Done(SignerAnswer::Refused(a.status, message));
                 }
-                let Some(sig) = parse_field(&a.body, "signature") else {
-                    return Verdict::Failed(AttemptFailure::BadSignature, "unparsable signature answer".into());
+                let Some(sig) = parse_field(&a.body, field) else {
+                    return Verdict::Failed(AttemptFailure::BadSignature, format!("unparsable {field} answer"));
                 };
-                match pk.verify_as(bytes, &sig, scheme) {
-                    Ok(()) => Verdict::Done(Ok(sig)),
-                    // A BLS signature under the other scheme is as wrong as any other.
-                    Err(_) if matches!(pk, PublicKey::Bls(_)) && pk.verify_as(bytes, &sig, scheme.other()).is_ok() => {
-                        Verdict::Failed(
-                            AttemptFailure::BadSignature,
-                            format!(
-                                "returned a {} signature where the request asked for {}",
-                                scheme.other().as_str(),
-                                scheme.as_str()
-                            ),
-                        )
-                    }
-                    Err(e) => Verdict::Failed(AttemptFailure::BadSignature, format!("returned a bad signature: {e}")),
+                match check(&sig) {
+                    Ok(()) => Verdict::Done(SignerAnswer::Signed(sig)),
+                    Err(why) => Verdict::Failed(AttemptFailure::BadSignature, why),
                 }
             })
             .await?;
-        match result {
-            Ok(signature) => Ok(Signed { signature, signer }),
-            Err(None) => Err(SignError::UnknownKey(pk.hash())),
-            Err(Some((status, message))) => Err(SignError::SignerRefused {
+        match answer {
+            SignerAnswer::Signed(signature) => Ok(Signed { signature, signer }),
+            SignerAnswer::NotHere => Err(SignError::UnknownKey(pkh)),
+            SignerAnswer::Refused(status, message) => Err(SignError::SignerRefused {
                 signer,
                 status,
                 message,
@@ -606,43 +623,14 @@ impl Signing {
             Some(q) if !q.is_empty() => format!("/bls_prove_possession/{pkh}?{q}"),
             _ => format!("/bls_prove_possession/{pkh}"),
         };
-        let (signer, result) = self
-            .pool
-            .request(Method::GET, &path, Bytes::new(), |a| {
-                if a.status == StatusCode::NOT_FOUND {
-                    return Verdict::NotHere(Err(None));
-                }
-                if !a.status.is_success() {
-                    let message = String::from_utf8_lossy(&a.body).trim().to_string();
-                    return Verdict::Done(Err(Some((a.status, message))));
-                }
-                let Some(proof) = parse_field(&a.body, "bls_prove_possession") else {
-                    return Verdict::Failed(
-                        AttemptFailure::BadSignature,
-                        "unparsable proof of possession answer".into(),
-                    );
-                };
-                match pk.verify_possession(&proof, over.as_ref()) {
-                    Ok(()) => Verdict::Done(Ok(proof)),
-                    Err(e) => Verdict::Failed(
-                        AttemptFailure::BadSignature,
-                        format!("returned a bad proof of possession: {e}"),
-                    ),
-                }
+        let signed = self
+            .ask_for_signature(Method::GET, &path, Bytes::new(), "bls_prove_possession", pkh, |proof| {
+                pk.verify_possession(proof, over.as_ref())
+                    .map_err(|e| format!("returned a bad proof of possession: {e}"))
             })
             .await?;
-        match result {
-            Ok(signature) => {
-                info!(key = %pkh, signer = %signer, "proof of possession");
-                Ok(Signed { signature, signer })
-            }
-            Err(None) => Err(SignError::UnknownKey(pkh)),
-            Err(Some((status, message))) => Err(SignError::SignerRefused {
-                signer,
-                status,
-                message,
-            }),
-        }
+        info!(key = %pkh, signer = %signed.signer, "proof of possession");
+        Ok(signed)
     }
 
     /// `GET /authorized_keys` without a round trip to a signer when possible: the answer of
@@ -709,6 +697,16 @@ pub fn scheme_of(query: Option<&str>, curve: Curve) -> Result<BlsScheme, SignErr
             "unsupported signature version {v:?}: expected 0, 1, 2 or 3 (BLS: 1 augmented, 2 and 3 proof of possession)"
         ))),
     }
+}
+
+/// What a signer answered to a call that yields a signature.
+enum SignerAnswer {
+    /// A signature that passed the check.
+    Signed(String),
+    /// 404: not this signer's key.
+    NotHere,
+    /// Its own refusal (4xx other than 404), passed on.
+    Refused(StatusCode, String),
 }
 
 /// `{"<field>": "<string>"}` → the string.
