@@ -36,6 +36,8 @@ pub mod payload;
 pub mod pool;
 pub mod server;
 pub mod signing;
+#[cfg(test)]
+mod testing;
 pub mod tezos;
 pub mod transport;
 pub mod tunnel;

@@ -698,3 +698,182 @@ impl Pool {
         self.signers.iter().map(|s| (s.name().to_string(), s.state())).collect()
     }
 }
+
+/// The failover state machine, in process and on paused time: signers are HTTP servers at
+/// the other end of an in-memory pipe ([`tokio::io::duplex`]) reached through the same
+/// [`Connect`] seam as TCP and tunnels, with behaviours switched at will. Milliseconds of
+/// real time; timings are asserted exactly on the paused clock.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Behaviour, Fake};
+
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+    fn health(rise: u32, fall: u32) -> HealthCheckConfig {
+        HealthCheckConfig {
+            path: "/authorized_keys".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise,
+            fall,
+        }
+    }
+
+    fn pool(fakes: &[&Fake], rise: u32, fall: u32) -> Arc<Pool> {
+        let signers = fakes
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Arc::new(Signer::new(format!("s{i}"), i, Arc::new((*f).clone()))))
+            .collect();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        Arc::new(Pool::new(signers, REQUEST_TIMEOUT, health(rise, fall), metrics))
+    }
+
+    /// A request that any answer ends; returns who answered.
+    async fn ask(pool: &Pool) -> Result<String, PoolError> {
+        pool.request(Method::GET, "/x", Bytes::new(), |a| Verdict::Done(a.status))
+            .await
+            .map(|(name, _)| name)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_bring_signers_up_after_rise_and_down_after_fall() {
+        let f = Fake::new();
+        let pool = pool(&[&f], 2, 2);
+        let s = Arc::clone(&pool.signers()[0]);
+        assert_eq!(s.state(), State::Unknown);
+        pool.probe(&s).await;
+        assert_eq!(s.state(), State::Up, "the first good probe of an unknown signer");
+        f.set(Behaviour::Status(500));
+        pool.probe(&s).await;
+        assert_eq!(s.state(), State::Up, "one failure of fall 2");
+        pool.probe(&s).await;
+        assert_eq!(s.state(), State::Down);
+        f.set(Behaviour::Ok);
+        pool.probe(&s).await;
+        assert_eq!(s.state(), State::Down, "one success of rise 2");
+        pool.probe(&s).await;
+        assert_eq!(s.state(), State::Up);
+        // A probe with no answer counts as a failure, after exactly the probe timeout.
+        f.set(Behaviour::Hang);
+        let t = tokio::time::Instant::now();
+        pool.probe(&s).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_requests_move_on_and_take_the_signer_down_at_once() {
+        let (a, b) = (Fake::new(), Fake::new());
+        let pool = pool(&[&a, &b], 2, 3);
+        for s in pool.signers() {
+            pool.probe(s).await;
+        }
+        a.set(Behaviour::Status(503));
+        assert_eq!(ask(&pool).await.unwrap(), "s1", "a 5xx fails over within the request");
+        assert_eq!(
+            pool.signers()[0].state(),
+            State::Down,
+            "one failed request is enough (fall applies to probes)"
+        );
+        // Down signers are skipped without spending anything on them.
+        let before = a.requests();
+        assert_eq!(ask(&pool).await.unwrap(), "s1");
+        assert_eq!(a.requests(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_moves_on_the_moment_its_signer_goes_down() {
+        let (a, b) = (Fake::new(), Fake::new());
+        let pool = pool(&[&a, &b], 1, 1);
+        for s in pool.signers() {
+            pool.probe(s).await;
+        }
+        a.set(Behaviour::Hang);
+        let started = tokio::time::Instant::now();
+        let request = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { ask(&pool).await })
+        };
+        // 200 ms later a probe (or a closed tunnel) takes the primary down.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pool.signers()[0].record_failure("probe: no answer", 1, false, &pool.metrics);
+        assert_eq!(request.await.unwrap().unwrap(), "s1");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(200),
+            "not a whole request_timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_signer_costs_one_request_timeout_then_the_next_answers() {
+        let (a, b) = (Fake::new(), Fake::new());
+        let pool = pool(&[&a, &b], 1, 1);
+        for s in pool.signers() {
+            pool.probe(s).await;
+        }
+        a.set(Behaviour::Hang);
+        let started = tokio::time::Instant::now();
+        assert_eq!(ask(&pool).await.unwrap(), "s1");
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT);
+        assert_eq!(pool.signers()[0].state(), State::Down);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_down_fails_fast_and_recovery_needs_rise_probes() {
+        let (a, b) = (Fake::new(), Fake::new());
+        let pool = pool(&[&a, &b], 2, 1);
+        for f in [&a, &b] {
+            f.set(Behaviour::Status(500));
+        }
+        for s in pool.signers() {
+            pool.probe(s).await;
+        }
+        let started = tokio::time::Instant::now();
+        let e = ask(&pool).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::ZERO, "no signer to try: at once");
+        let PoolError::NoSigner { attempts } = e;
+        assert_eq!(attempts, vec!["every signer is down".to_string()]);
+        b.set(Behaviour::Ok);
+        let s1 = Arc::clone(&pool.signers()[1]);
+        pool.probe(&s1).await;
+        assert!(ask(&pool).await.is_err(), "one good probe of rise 2");
+        pool.probe(&s1).await;
+        assert_eq!(ask(&pool).await.unwrap(), "s1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_signer_queues_within_its_cap_and_is_not_taken_down() {
+        let a = Fake::new();
+        let signer = Arc::new(Signer::with_limits(
+            "s0",
+            0,
+            Arc::new(a.clone()),
+            SignerLimits {
+                max_in_flight: 1,
+                max_queued: 1,
+            },
+        ));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let pool = Arc::new(Pool::new(vec![signer], REQUEST_TIMEOUT, health(1, 1), metrics));
+        pool.probe(&pool.signers()[0]).await;
+        a.set(Behaviour::Hang);
+        let spawn = |pool: &Arc<Pool>| {
+            let pool = Arc::clone(pool);
+            tokio::spawn(async move { ask(&pool).await })
+        };
+        let (first, queued) = (spawn(&pool), spawn(&pool));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // A third finds the one place taken and the queue full: refused at once, and the
+        // signer is not held responsible.
+        let third = ask(&pool).await.unwrap_err();
+        assert!(format!("{third:?}").contains("queue full"), "{third:?}");
+        assert_eq!(pool.signers()[0].state(), State::Up);
+        // The first times out (the signer hangs) and takes it down; the queued one, out of
+        // time at that same moment, fails too without ever being sent.
+        assert!(first.await.unwrap().is_err());
+        assert!(queued.await.unwrap().is_err());
+        assert_eq!(a.requests(), 2, "the probe and the first request only");
+    }
+}

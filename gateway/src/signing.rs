@@ -714,3 +714,129 @@ fn parse_field(body: &[u8], field: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     v.get(field)?.as_str().map(str::to_string)
 }
+
+/// The per-key lock and the signatures in flight, in process on paused time: a signer that
+/// takes 1.5 s per signature, and exact timings.
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::HealthCheckConfig;
+    use crate::payload::Kind;
+    use crate::pool::Signer;
+    use crate::testing::{Behaviour, Fake};
+    use crate::watermark::MemoryStore;
+
+    const SIGNER_DELAY: Duration = Duration::from_millis(1500);
+
+    fn attestation(level: i32, variant: u8) -> Bytes {
+        let mut v = vec![0x13, 0x7a, 0x06, 0xa7, 0x70];
+        v.extend_from_slice(&[0xaa; 32]);
+        v.push(21);
+        v.extend_from_slice(&[0, 1]);
+        v.extend_from_slice(&level.to_be_bytes());
+        v.extend_from_slice(&0i32.to_be_bytes());
+        v.extend_from_slice(&[variant; 32]);
+        Bytes::from(v)
+    }
+
+    async fn signing(fake: &Fake) -> Arc<Signing> {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let signer = Arc::new(Signer::new("s0", 0, Arc::new(fake.clone())));
+        let health = HealthCheckConfig {
+            path: "/authorized_keys".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            rise: 1,
+            fall: 1,
+        };
+        let pool = Arc::new(Pool::new(
+            vec![signer],
+            Duration::from_secs(10),
+            health,
+            Arc::clone(&metrics),
+        ));
+        let policy = Policy {
+            default_kinds: BTreeSet::from(Kind::ALL),
+            keys: BTreeMap::new(),
+        };
+        let signing = Arc::new(Signing::new(pool, Arc::new(MemoryStore::new()), policy, metrics));
+        // Learn the key first, as a baker's first call does.
+        signing.public_key(fake.public_key().hash()).await.unwrap();
+        signing
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_higher_level_never_waits_on_a_lower_ones_signer() {
+        let fake = Fake::new();
+        let signing = signing(&fake).await;
+        fake.set(Behaviour::Slow(SIGNER_DELAY));
+        let pkh = fake.public_key().hash();
+        let sign = |level: i32| {
+            let signing = Arc::clone(&signing);
+            tokio::spawn(async move {
+                let t = tokio::time::Instant::now();
+                let r = signing.sign(pkh, attestation(level, 1), None).await;
+                (r, t.elapsed())
+            })
+        };
+        let low = sign(10);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let high = sign(11);
+        let (high_result, high_took) = high.await.unwrap();
+        high_result.unwrap();
+        assert_eq!(high_took, SIGNER_DELAY, "level 11 took one signer delay, not two");
+        let (low_result, _) = low.await.unwrap();
+        low_result.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_requests_in_flight_share_one_signer_call() {
+        let fake = Fake::new();
+        let signing = signing(&fake).await;
+        fake.set(Behaviour::Slow(SIGNER_DELAY));
+        let pkh = fake.public_key().hash();
+        let before = fake.signs();
+        let mut all = Vec::new();
+        for _ in 0..16 {
+            let signing = Arc::clone(&signing);
+            all.push(tokio::spawn(async move {
+                signing.sign(pkh, attestation(20, 1), None).await
+            }));
+        }
+        let mut signatures = BTreeSet::new();
+        for h in all {
+            signatures.insert(h.await.unwrap().unwrap().signature);
+        }
+        assert_eq!(signatures.len(), 1);
+        assert_eq!(fake.signs() - before, 1, "one signer call for 16 identical requests");
+        // And a conflicting one at that level is refused, not queued behind anything.
+        let e = signing.sign(pkh, attestation(20, 2), None).await.unwrap_err();
+        assert!(matches!(e, SignError::Watermark(_)), "{e:?}");
+    }
+
+    /// A leader whose client goes away before its signer answers does not strand the
+    /// identical requests that joined it: one of them signs.
+    #[tokio::test(start_paused = true)]
+    async fn joiners_take_over_when_the_leader_is_dropped() {
+        let fake = Fake::new();
+        let signing = signing(&fake).await;
+        fake.set(Behaviour::Slow(SIGNER_DELAY));
+        let pkh = fake.public_key().hash();
+        let leader = {
+            let signing = Arc::clone(&signing);
+            tokio::spawn(async move { signing.sign(pkh, attestation(30, 1), None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let joiner = {
+            let signing = Arc::clone(&signing);
+            tokio::spawn(async move { signing.sign(pkh, attestation(30, 1), None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        leader.abort();
+        let signed = joiner.await.unwrap().unwrap();
+        assert!(!signed.signature.is_empty());
+    }
+}
