@@ -1,4 +1,5 @@
-//! The octez remote-signer HTTP API (protocol.md §1), as a tower `Service`.
+//! The octez remote-signer HTTP API (protocol.md §1): one handler, [`Api::handle`], served per
+//! connection by [`crate::server`].
 //!
 //! Every error is answered with an octez-style error trace (a JSON array) so the octez
 //! client shows the message; statuses follow protocol.md and are never 502.
