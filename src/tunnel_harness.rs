@@ -26,28 +26,10 @@ pub const CONFIG_FILE: &str = "signer-tunnel.yaml";
 /// Name of the log file [`TunnelClient`] appends stderr to.
 pub const LOG_FILE: &str = "signer-tunnel.log";
 
-/// Find the `signer-tunnel` binary: `$SIGNER_TUNNEL_BIN`, else next to the running test
-/// executable (`target/<profile>/deps/<test>` → `target/<profile>/signer-tunnel`).
+/// The `signer-tunnel` binary: `$SIGNER_TUNNEL_BIN`, else the one next to the running test
+/// executable, refused when older than its sources ([`crate::harness::workspace_bin`]).
 pub fn tunnel_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SIGNER_TUNNEL_BIN") {
-        let p = PathBuf::from(p);
-        anyhow::ensure!(p.is_file(), "SIGNER_TUNNEL_BIN={} is not a file", p.display());
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join(format!("signer-tunnel{}", std::env::consts::EXE_SUFFIX));
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        tried.push(candidate.display().to_string());
-    }
-    anyhow::bail!(
-        "signer-tunnel binary not found (tried {}): run `cargo build --workspace --bins` first, \
-         or set SIGNER_TUNNEL_BIN",
-        tried.join(", ")
-    )
+    crate::harness::workspace_bin("signer-tunnel", "SIGNER_TUNNEL_BIN", &["tunnel-client", "common"])
 }
 
 /// The `target` dir the running test executable lives in (`target/<profile>/deps/<test>`),

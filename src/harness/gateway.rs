@@ -21,28 +21,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Prefix of the line the gateway prints on stdout once both listeners are bound.
 pub const READY_PREFIX: &str = "signer-gateway ready ";
 
-/// Find the `signer-gateway` binary: `$SIGNER_GATEWAY_BIN`, else next to the running test
-/// executable (`target/<profile>/deps/<test>` → `target/<profile>/signer-gateway`).
+/// The `signer-gateway` binary: `$SIGNER_GATEWAY_BIN`, else the one next to the running test
+/// executable, refused when older than its sources ([`super::workspace_bin`]).
 pub fn gateway_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SIGNER_GATEWAY_BIN") {
-        let p = PathBuf::from(p);
-        anyhow::ensure!(p.is_file(), "SIGNER_GATEWAY_BIN={} is not a file", p.display());
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join(format!("signer-gateway{}", std::env::consts::EXE_SUFFIX));
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        tried.push(candidate.display().to_string());
-    }
-    anyhow::bail!(
-        "signer-gateway binary not found (tried {}): run `cargo build --workspace --bins` first, \
-         or set SIGNER_GATEWAY_BIN",
-        tried.join(", ")
-    )
+    super::workspace_bin("signer-gateway", "SIGNER_GATEWAY_BIN", &["gateway", "common"])
 }
 
 /// A gateway process. Dropping it kills it (SIGKILL); the temp dir, if it owns one, goes too.

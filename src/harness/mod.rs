@@ -7,6 +7,7 @@
 //! output; otherwise the gateway's stderr goes to `<dir>/gateway.log` ([`Gateway::log`]),
 //! whose tail is printed when a test panics.
 
+mod bins;
 mod client;
 mod gateway;
 mod payloads;
@@ -14,6 +15,7 @@ mod poll;
 mod process;
 mod signer_process;
 
+pub use bins::workspace_bin;
 pub use client::{Client, Reply, DEFAULT_TIMEOUT};
 pub use gateway::{gateway_bin, parse_ready_line, Gateway, GatewayConfig, READY_PREFIX, READY_TIMEOUT};
 pub use payloads::{
