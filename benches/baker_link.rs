@@ -63,13 +63,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
-use gateway_e2e::fault_proxy::{FaultProxy, ProxyOptions};
-use gateway_e2e::harness::{attestation, bls_attestation, Gateway, TestSignerProcess, TEST_CHAIN};
-use gateway_e2e::ssh_client::{SshClient, SshKey, ALLOCATED};
-use gateway_e2e::test_signer::{bls_key_from_seed, key_from_seed, Mode};
-use gateway_e2e::tunnel_harness::{keygen, TunnelClient, TunnelConfig};
 use signer_gateway::config::Config;
 use signer_gateway::tezos::Pkh;
+use testkit::fault_proxy::{FaultProxy, ProxyOptions};
+use testkit::harness::{attestation, bls_attestation, Gateway, TestSignerProcess, TEST_CHAIN};
+use testkit::ssh_client::{SshClient, SshKey, ALLOCATED};
+use testkit::test_signer::{bls_key_from_seed, key_from_seed, Mode};
+use testkit::tunnel_harness::{keygen, TunnelClient, TunnelConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -773,7 +773,7 @@ impl Drop for Sshd {
         // sshd forks a process per connection, which starts its own session (setsid): killing
         // the listener alone would leave them. They are ours; kill them by pid first.
         for pid in descendants(self.child.id()) {
-            let _ = gateway_e2e::harness::signal(pid, libc::SIGKILL);
+            let _ = testkit::harness::signal(pid, libc::SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1162,7 +1162,6 @@ async fn run(opts: &Opts) -> anyhow::Result<Targets> {
     let tz1 = key_from_seed(1);
     let tz4 = bls_key_from_seed(1);
     let signer = TestSignerProcess::start_keys(
-        env!("CARGO_BIN_EXE_test-signer"),
         SocketAddr::from(([127, 0, 0, 1], 0)),
         &[tz1.clone(), tz4.clone()],
         Mode::Ok,

@@ -44,7 +44,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerOptions};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -52,6 +51,7 @@ use hyper_util::rt::TokioExecutor;
 use signer_gateway::config::Config;
 use signer_gateway::watermark::durable_write;
 use signer_gateway::Gateway;
+use testkit::test_signer::{seed, Mode, TestSigner, TestSignerOptions};
 use tokio::runtime::Runtime;
 use tokio::sync::Barrier;
 use tokio_util::sync::CancellationToken;

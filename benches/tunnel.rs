@@ -70,13 +70,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
-use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use gateway_e2e::harness::{attestation, Client, Gateway, TestSignerProcess, TEST_CHAIN};
-use gateway_e2e::ssh_client::{ssh_bin, SshClient, SshKey, ALLOCATED};
-use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
-use gateway_e2e::tunnel_harness::{
-    keygen, run_to_end, target_dir, tunnel_bin, tunnel_command, TunnelClient, TunnelConfig,
-};
 use http::StatusCode;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -85,6 +78,11 @@ use serde_json::Value;
 use signer_gateway::config::Config;
 use signer_gateway::tezos::Pkh;
 use signer_gateway::watermark::durable_write;
+use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
+use testkit::harness::{attestation, Client, Gateway, TestSignerProcess, TEST_CHAIN};
+use testkit::ssh_client::{ssh_bin, SshClient, SshKey, ALLOCATED};
+use testkit::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
+use testkit::tunnel_harness::{keygen, run_to_end, target_dir, tunnel_bin, tunnel_command, TunnelClient, TunnelConfig};
 use tokio::sync::Barrier;
 
 mod common;
@@ -1218,7 +1216,7 @@ struct LatencyReport {
 async fn latency_part(opts: &Opts, work: &Path, identity: &Path, public: &str) -> anyhow::Result<LatencyReport> {
     let max_clients = opts.clients.iter().copied().max().unwrap_or(1);
     let seeds: Vec<[u8; 32]> = (1..=max_clients).map(|n| seed(n as u8)).collect();
-    let signer = TestSignerProcess::start(env!("CARGO_BIN_EXE_test-signer"), &seeds, Mode::Ok)
+    let signer = TestSignerProcess::start(&seeds, Mode::Ok)
         .await
         .context("starting the test signer")?;
     let signer_pid = child_pid_named("test-signer");
@@ -1616,7 +1614,7 @@ impl Rig {
         public: &str,
         every: Duration,
     ) -> anyhow::Result<Rig> {
-        let pi = TestSignerProcess::start(env!("CARGO_BIN_EXE_test-signer"), &[seed(11)], Mode::Ok)
+        let pi = TestSignerProcess::start(&[seed(11)], Mode::Ok)
             .await
             .context("starting pi's test signer")?;
         let backup = TestSigner::spawn(TestSignerOptions {
@@ -2373,8 +2371,8 @@ async fn run(opts: &Opts) -> anyhow::Result<Targets> {
         "  binaries: {} ({}), {}, {}",
         tunnel_bin()?.display(),
         version.stdout.trim(),
-        gateway_e2e::harness::gateway_bin()?.display(),
-        env!("CARGO_BIN_EXE_test-signer")
+        testkit::harness::gateway_bin()?.display(),
+        testkit::harness::test_signer_bin().display()
     );
     println!(
         "  {} cores; this process: {} worker thread(s); temp dir {} ({})",

@@ -12,9 +12,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gateway_e2e::harness::{attestation, bls_attestation, TEST_CHAIN};
-use gateway_e2e::test_signer::{bls_key_from_seed, key_from_seed};
 use signer_gateway::tezos::{self, BlsScheme, Curve, PublicKey};
+use testkit::harness::{attestation, bls_attestation, TEST_CHAIN};
+use testkit::test_signer::{bls_key_from_seed, key_from_seed};
 
 /// A tz2 or tz3 key from a fixed secret, signing as octez does (over blake2b-256 of the
 /// bytes): its `sppk…`/`p2pk…` and the `spsig1…`/`p2sig…` of `msg`.

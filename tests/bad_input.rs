@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_e2e::harness::{
+use http::{Method, StatusCode};
+use testkit::harness::{
     assert_error_trace, attestation, block, generic_operation, Client, Gateway, GatewayConfig, Reply, TEST_CHAIN,
 };
-use gateway_e2e::test_signer::{key_from_seed, seed, TestSigner, TestSignerHandle, TestSignerOptions};
-use http::{Method, StatusCode};
+use testkit::test_signer::{key_from_seed, seed, TestSigner, TestSignerHandle, TestSignerOptions};
 
 async fn signer(seeds: &[u8]) -> TestSignerHandle {
     TestSigner::spawn(TestSignerOptions {

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway_e2e::harness::{attestation, gateway_bin, Client, Gateway, GatewayConfig, TEST_CHAIN};
-use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
 use http::StatusCode;
+use testkit::harness::{attestation, gateway_bin, Client, Gateway, GatewayConfig, TEST_CHAIN};
+use testkit::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
 
 async fn signer(mode: Mode) -> TestSignerHandle {
     TestSigner::spawn(TestSignerOptions {

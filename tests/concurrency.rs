@@ -7,12 +7,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use gateway_e2e::harness::{
+use http::StatusCode;
+use testkit::harness::{
     assert_error_trace, attestation, bls_attestation, bls_preattestation, preattestation, Client, Gateway,
     GatewayConfig, TEST_CHAIN,
 };
-use gateway_e2e::test_signer::{bls_key_from_seed, key_from_seed, TestKey, TestSigner, TestSignerOptions};
-use http::StatusCode;
+use testkit::test_signer::{bls_key_from_seed, key_from_seed, TestKey, TestSigner, TestSignerOptions};
 use tokio::task::JoinSet;
 
 const N: usize = 64;
@@ -131,7 +131,7 @@ async fn a_higher_level_never_waits_on_a_lower_ones_signer() {
     let signer = TestSigner::spawn(TestSignerOptions {
         seeds: vec![],
         keys: vec![key_from_seed(2)],
-        mode: gateway_e2e::test_signer::Mode::Slow(SIGNER_DELAY),
+        mode: testkit::test_signer::Mode::Slow(SIGNER_DELAY),
         ..Default::default()
     })
     .await

@@ -28,7 +28,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gateway_e2e::tunnel_harness::tunnel_bin;
+use testkit::tunnel_harness::tunnel_bin;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -844,7 +844,7 @@ fn install_script_is_valid_bash() {
             "shellcheck:\n{}",
             String::from_utf8_lossy(&out.stdout)
         ),
-        Err(_) => gateway_e2e::harness::skip_unless_ci(
+        Err(_) => testkit::harness::skip_unless_ci(
             "install_script lint",
             "shellcheck is not installed (Debian: shellcheck): only `bash -n` was checked",
         ),

@@ -7,12 +7,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway_e2e::harness::{
-    assert_error_trace, attestation, block, eventually, preattestation, Client, Gateway, GatewayConfig, TEST_CHAIN,
-};
-use gateway_e2e::test_signer::{seed, TestSigner, TestSignerOptions};
 use http::StatusCode;
 use signer_gateway::payload::Kind;
+use testkit::harness::{
+    assert_error_trace, attestation, block, eventually, preattestation, Client, Gateway, GatewayConfig, TEST_CHAIN,
+};
+use testkit::test_signer::{seed, TestSigner, TestSignerOptions};
 use tokio_util::sync::CancellationToken;
 
 /// The payload of `kind` at (level, round 0); `variant` changes the bytes.

@@ -8,15 +8,13 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use gateway_e2e::harness::{
-    assert_error_trace, attestation, eventually, Client, Gateway, GatewayConfig, TestSignerProcess, TEST_CHAIN,
-};
-use gateway_e2e::test_signer::{seed, Mode};
 use http::StatusCode;
 use serde_json::Value;
 use signer_gateway::tezos::{Pkh, PublicKey};
-
-const BIN: &str = env!("CARGO_BIN_EXE_test-signer");
+use testkit::harness::{
+    assert_error_trace, attestation, eventually, Client, Gateway, GatewayConfig, TestSignerProcess, TEST_CHAIN,
+};
+use testkit::test_signer::{seed, Mode};
 
 /// `request_timeout` in the config.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -46,8 +44,8 @@ enum Served {
 impl Rig {
     async fn new() -> Rig {
         // Same seed: the same key on both, as two Ledgers holding one baking key.
-        let primary = TestSignerProcess::start(BIN, &[seed(7)], Mode::Ok).await.unwrap();
-        let backup = TestSignerProcess::start(BIN, &[seed(7)], Mode::Ok).await.unwrap();
+        let primary = TestSignerProcess::start(&[seed(7)], Mode::Ok).await.unwrap();
+        let backup = TestSignerProcess::start(&[seed(7)], Mode::Ok).await.unwrap();
         let mut cfg = GatewayConfig::new(&[("primary", primary.addr()), ("backup", backup.addr())]);
         cfg.request_timeout = format!("{}ms", REQUEST_TIMEOUT.as_millis());
         let gw = Gateway::start(&cfg.to_yaml()).await.unwrap();
@@ -77,7 +75,7 @@ impl Rig {
     async fn served_by(&self, payload: &[u8]) -> Served {
         let want = Some(hex::encode(payload));
         // A killed or hung signer has no stats: it did not serve.
-        let by = |stats: anyhow::Result<gateway_e2e::test_signer::Stats>| {
+        let by = |stats: anyhow::Result<testkit::test_signer::Stats>| {
             stats.map(|s| s.last_sign_hex == want).unwrap_or(false)
         };
         let backup = by(self.backup.stats().await);
@@ -228,8 +226,8 @@ async fn all_signers_down_is_503_with_a_trace_then_recovers() {
 /// health probe takes the signer down first: it moves to the next signer at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_in_flight_moves_on_when_health_check_takes_the_signer_down() {
-    let primary = TestSignerProcess::start(BIN, &[seed(7)], Mode::Ok).await.unwrap();
-    let backup = TestSignerProcess::start(BIN, &[seed(7)], Mode::Ok).await.unwrap();
+    let primary = TestSignerProcess::start(&[seed(7)], Mode::Ok).await.unwrap();
+    let backup = TestSignerProcess::start(&[seed(7)], Mode::Ok).await.unwrap();
     let mut cfg = GatewayConfig::new(&[("primary", primary.addr()), ("backup", backup.addr())]);
     // A patient request timeout, a quick health check: the probe must win.
     cfg.request_timeout = "10s".into();

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway_e2e::harness::{
+use http::StatusCode;
+use testkit::harness::{
     assert_error_trace, attestation, eventually, generic_operation, Client, Gateway, GatewayConfig, TEST_CHAIN,
 };
-use gateway_e2e::ssh_client::{SshClient, SshKey, ALLOCATED};
-use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
-use http::StatusCode;
+use testkit::ssh_client::{SshClient, SshKey, ALLOCATED};
+use testkit::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 

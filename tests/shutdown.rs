@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use gateway_e2e::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
-use gateway_e2e::ssh_client::{SshClient, SshKey, ALLOCATED};
-use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
-use gateway_e2e::tunnel_harness::{TunnelClient, TunnelConfig};
 use http::StatusCode;
 use tempfile::TempDir;
+use testkit::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
+use testkit::ssh_client::{SshClient, SshKey, ALLOCATED};
+use testkit::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
+use testkit::tunnel_harness::{TunnelClient, TunnelConfig};
 
 /// `shutdown_grace` in the config.
 const GRACE: Duration = Duration::from_secs(5);

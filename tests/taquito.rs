@@ -14,18 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use gateway_e2e::harness::{
+use serde_json::Value;
+use signer_gateway::tezos::PublicKey;
+use testkit::harness::{
     attestation, block, bls_attestation, bls_preattestation, generic_operation, Gateway, GatewayConfig,
     TestSignerProcess, TEST_CHAIN,
 };
-use gateway_e2e::ssh_client::SshKey;
-use gateway_e2e::test_signer::{bls_key_from_seed, seed, Mode};
-use gateway_e2e::tunnel_harness::{TunnelClient, TunnelConfig};
-use serde_json::Value;
-use signer_gateway::tezos::PublicKey;
+use testkit::ssh_client::SshKey;
+use testkit::test_signer::{bls_key_from_seed, seed, Mode};
+use testkit::tunnel_harness::{TunnelClient, TunnelConfig};
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_test-signer");
 
 fn taquito_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/taquito")
@@ -110,9 +108,7 @@ async fn taquito_remote_signer_signs_through_the_gateway() {
     eprintln!("node {version}");
     ensure_node_modules().await;
 
-    let signer = TestSignerProcess::start(BIN, &[seed(11), seed(12)], Mode::Ok)
-        .await
-        .unwrap();
+    let signer = TestSignerProcess::start(&[seed(11), seed(12)], Mode::Ok).await.unwrap();
     let (generic_ok, generic_no) = (signer.pkhs()[0], signer.pkhs()[1]);
     let mut cfg = GatewayConfig::new(&[("primary", signer.addr())]);
     cfg.path_prefix = "/signer".into();
@@ -170,7 +166,7 @@ async fn taquito_signs_tz4_through_a_tunnel() {
     let key = SshKey::generate(dir.path(), "pi_ed25519").unwrap();
     let bls = bls_key_from_seed(44);
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let pi = TestSignerProcess::start_keys(BIN, any, std::slice::from_ref(&bls), Mode::Ok)
+    let pi = TestSignerProcess::start_keys(any, std::slice::from_ref(&bls), Mode::Ok)
         .await
         .unwrap();
     let yaml = format!(

@@ -14,14 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use gateway_e2e::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
-use gateway_e2e::ssh_client::{ssh_bin, ssh_keygen_bin, SshClient, SshKey, ALLOCATED};
-use gateway_e2e::test_signer::{seed, TestSigner, TestSignerHandle, TestSignerOptions};
 use http::StatusCode;
 use serde_json::Value;
 use signer_gateway::tezos::Pkh;
 use tempfile::TempDir;
+use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
+use testkit::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
+use testkit::ssh_client::{ssh_bin, ssh_keygen_bin, SshClient, SshKey, ALLOCATED};
+use testkit::test_signer::{seed, TestSigner, TestSignerHandle, TestSignerOptions};
 
 /// `request_timeout` in the config.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);

@@ -28,15 +28,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use gateway_e2e::harness::{attestation, eventually, Client, Gateway, TestSignerProcess, TEST_CHAIN};
-use gateway_e2e::ssh_client::SshKey;
-use gateway_e2e::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
-use gateway_e2e::tunnel_harness::{run_to_end, target_dir, tunnel_command, Finished, TunnelClient, TunnelConfig};
 use http::StatusCode;
 use serde_json::Value;
 use signer_gateway::tezos::Pkh;
 use tempfile::TempDir;
+use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
+use testkit::harness::{attestation, eventually, Client, Gateway, TestSignerProcess, TEST_CHAIN};
+use testkit::ssh_client::SshKey;
+use testkit::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
+use testkit::tunnel_harness::{run_to_end, target_dir, tunnel_command, Finished, TunnelClient, TunnelConfig};
 
 /// Gateway `request_timeout`: a failover that waited for it would show.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -224,7 +224,7 @@ impl Rig {
     async fn start() -> anyhow::Result<Rig> {
         let dir = tempfile::Builder::new().prefix("tunnel-client-").tempdir()?;
         let key = SshKey::generate(dir.path(), "pi_ed25519")?;
-        let pi = TestSignerProcess::start(env!("CARGO_BIN_EXE_test-signer"), &[seed(11)], Mode::Ok).await?;
+        let pi = TestSignerProcess::start(&[seed(11)], Mode::Ok).await?;
         let backup = TestSigner::spawn(TestSignerOptions {
             seeds: vec![seed(11)],
             ..TestSignerOptions::default()
@@ -1032,7 +1032,7 @@ async fn health_checks_run_during_a_better_uplink_attempt_body(rig: &mut Rig) ->
 /// A fingerprint that is not the gateway's: that of a fresh key.
 fn other_fingerprint(dir: &Path) -> anyhow::Result<String> {
     let other = SshKey::generate(dir, "not_the_gateway")?;
-    let out = std::process::Command::new(gateway_e2e::ssh_client::ssh_keygen_bin()?)
+    let out = std::process::Command::new(testkit::ssh_client::ssh_keygen_bin()?)
         .args(["-l", "-E", "sha256", "-f"])
         .arg(dir.join("not_the_gateway.pub"))
         .output()?;
@@ -1400,7 +1400,7 @@ async fn aarch64_build_under_qemu() {
         _ => None,
     };
     if let Some(why) = skip {
-        gateway_e2e::harness::skip_unless_ci("aarch64_build_under_qemu", &why);
+        testkit::harness::skip_unless_ci("aarch64_build_under_qemu", &why);
         return;
     }
     let qemu = qemu.unwrap();

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
+use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 

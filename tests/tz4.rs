@@ -9,16 +9,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway_e2e::harness::{
-    assert_error_trace, attestation, block, bls_attestation, bls_preattestation, Client, Gateway, GatewayConfig, Reply,
-    TestSignerProcess, TEST_CHAIN,
-};
-use gateway_e2e::test_signer::{bls_key_from_seed, key_from_seed, Mode, TestKey};
 use http::{Method, StatusCode};
 use serde_json::Value;
 use signer_gateway::tezos::{BlsScheme, PublicKey};
+use testkit::harness::{
+    assert_error_trace, attestation, block, bls_attestation, bls_preattestation, Client, Gateway, GatewayConfig, Reply,
+    TestSignerProcess, TEST_CHAIN,
+};
+use testkit::test_signer::{bls_key_from_seed, key_from_seed, Mode, TestKey};
 
-const BIN: &str = env!("CARGO_BIN_EXE_test-signer");
 const SETTLE: Duration = Duration::from_secs(10);
 
 /// Two signers holding a tz1 key, a tz4 consensus key and its tz4 companion key; the
@@ -42,8 +41,8 @@ impl Rig {
         let (consensus, companion, tz1) = (bls_key_from_seed(41), bls_key_from_seed(42), key_from_seed(43));
         let keys = [tz1.clone(), consensus.clone(), companion.clone()];
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let primary = TestSignerProcess::start_keys(BIN, any, &keys, Mode::Ok).await.unwrap();
-        let backup = TestSignerProcess::start_keys(BIN, any, &keys, Mode::Ok).await.unwrap();
+        let primary = TestSignerProcess::start_keys(any, &keys, Mode::Ok).await.unwrap();
+        let backup = TestSignerProcess::start_keys(any, &keys, Mode::Ok).await.unwrap();
         let mut cfg = GatewayConfig::new(&[("primary", primary.addr()), ("backup", backup.addr())]);
         cfg.request_timeout = "2s".into();
         cfg.policy_keys = format!(

@@ -75,31 +75,21 @@ pub struct TestSignerProcess {
 }
 
 impl TestSignerProcess {
-    /// Start `bin` (in tests: `env!("CARGO_BIN_EXE_test-signer")`) on a free loopback port with
-    /// one tz1 key per seed, in `mode`.
-    pub async fn start(bin: impl AsRef<Path>, seeds: &[[u8; 32]], mode: Mode) -> anyhow::Result<TestSignerProcess> {
-        TestSignerProcess::start_on(bin, SocketAddr::from(([127, 0, 0, 1], 0)), seeds, mode).await
+    /// Start the `test-signer` binary ([`super::test_signer_bin`]) on a free loopback port
+    /// with one tz1 key per seed, in `mode`.
+    pub async fn start(seeds: &[[u8; 32]], mode: Mode) -> anyhow::Result<TestSignerProcess> {
+        TestSignerProcess::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), seeds, mode).await
     }
 
     /// As [`TestSignerProcess::start`] on a given address.
-    pub async fn start_on(
-        bin: impl AsRef<Path>,
-        listen: SocketAddr,
-        seeds: &[[u8; 32]],
-        mode: Mode,
-    ) -> anyhow::Result<TestSignerProcess> {
+    pub async fn start_on(listen: SocketAddr, seeds: &[[u8; 32]], mode: Mode) -> anyhow::Result<TestSignerProcess> {
         let keys: Vec<TestKey> = seeds.iter().map(|s| TestKey::from_seed(*s)).collect();
-        TestSignerProcess::start_keys(bin, listen, &keys, mode).await
+        TestSignerProcess::start_keys(listen, &keys, mode).await
     }
 
     /// As [`TestSignerProcess::start_on`] with any keys (tz1 and tz4).
-    pub async fn start_keys(
-        bin: impl AsRef<Path>,
-        listen: SocketAddr,
-        keys: &[TestKey],
-        mode: Mode,
-    ) -> anyhow::Result<TestSignerProcess> {
-        let bin = bin.as_ref().to_path_buf();
+    pub async fn start_keys(listen: SocketAddr, keys: &[TestKey], mode: Mode) -> anyhow::Result<TestSignerProcess> {
+        let bin = super::bins::workspace_bin("test-signer", "TEST_SIGNER_BIN", &["testkit"])?;
         let (proc, addr, pkhs) = spawn(&bin, listen, keys, mode).await?;
         Ok(TestSignerProcess {
             proc: Some(proc),

@@ -5,8 +5,8 @@ use anyhow::Context as _;
 /// A chain id for tests (the bytes of `NetXdQprcVkpaWU`, mainnet).
 pub const TEST_CHAIN: [u8; 4] = [0x7a, 0x06, 0xa7, 0x70];
 
-/// Where the vectors live (`tests/vectors/payloads.json` of this package).
-pub const VECTORS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/payloads.json");
+/// Where the vectors live (`tests/vectors/payloads.json` of the workspace).
+pub const VECTORS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/payloads.json");
 
 /// A preattestation (0x12) or attestation (0x13): the slot-carrying layout (tags 20, 21) or
 /// the tz4 (BLS) layout without a slot (tags 40, 41).

@@ -10,9 +10,16 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 
-/// The workspace root (this package's manifest directory).
+/// The workspace root (the parent of this crate's directory).
 fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let testkit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    testkit.parent().unwrap_or(testkit)
+}
+
+/// The `test-signer` binary ([`workspace_bin`]); panics with the fix when it is missing or
+/// stale (test support: a test cannot go on without it).
+pub fn test_signer_bin() -> PathBuf {
+    workspace_bin("test-signer", "TEST_SIGNER_BIN", &["testkit"]).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Newest modification time of the files under `dir` (recursively), with the file's path.

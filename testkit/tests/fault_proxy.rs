@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use gateway_e2e::harness::eventually;
+use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
+use testkit::harness::eventually;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -32,7 +32,7 @@
 //!
 //! ```no_run
 //! # async fn f(gateway_ssh: std::net::SocketAddr) -> std::io::Result<()> {
-//! use gateway_e2e::fault_proxy::{FaultProxy, ProxyMode};
+//! use testkit::fault_proxy::{FaultProxy, ProxyMode};
 //! let proxy = FaultProxy::start(gateway_ssh).await?;
 //! // point the client at proxy.addr() …
 //! proxy.set_mode(ProxyMode::Blackhole);

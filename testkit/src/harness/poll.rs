@@ -10,8 +10,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// last error. Each attempt is itself cut off at the deadline.
 ///
 /// ```no_run
-/// # async fn f(gw: &gateway_e2e::harness::Gateway) -> anyhow::Result<()> {
-/// use gateway_e2e::harness::eventually;
+/// # async fn f(gw: &testkit::harness::Gateway) -> anyhow::Result<()> {
+/// use testkit::harness::eventually;
 /// use std::time::Duration;
 /// eventually(Duration::from_secs(5), "primary up", || async {
 ///     anyhow::ensure!(gw.signer_state("primary").await? == "up");

@@ -4,14 +4,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_e2e::harness::{
-    assert_error_trace, attestation, eventually, Client, SignerControl, TestSignerProcess, TEST_CHAIN,
-};
-use gateway_e2e::test_signer::{key_from_seed, seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
 use http::{Method, StatusCode};
 use signer_gateway::tezos::PublicKey;
-
-const BIN: &str = env!("CARGO_BIN_EXE_test-signer");
+use testkit::harness::{
+    assert_error_trace, attestation, eventually, Client, SignerControl, TestSignerProcess, TEST_CHAIN,
+};
+use testkit::test_signer::{key_from_seed, seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
 
 async fn spawn(mode: Mode) -> TestSignerHandle {
     TestSigner::spawn(TestSignerOptions {
@@ -198,9 +196,7 @@ async fn shutdown_releases_the_port_and_drops_hung_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_restarts_on_the_same_port() {
-    let mut p = TestSignerProcess::start(BIN, &[seed(4), seed(5)], Mode::Ok)
-        .await
-        .unwrap();
+    let mut p = TestSignerProcess::start(&[seed(4), seed(5)], Mode::Ok).await.unwrap();
     assert_eq!(p.pkhs(), &[key_from_seed(4).pkh(), key_from_seed(5).pkh()]);
     let c = Client::fresh_connections();
     let msg = attestation(TEST_CHAIN, 1, 0, 1);

@@ -15,7 +15,7 @@ mod poll;
 mod process;
 mod signer_process;
 
-pub use bins::workspace_bin;
+pub use bins::{test_signer_bin, workspace_bin};
 pub use client::{Client, Reply, DEFAULT_TIMEOUT};
 pub use gateway::{gateway_bin, parse_ready_line, Gateway, GatewayConfig, READY_PREFIX, READY_TIMEOUT};
 pub use payloads::{

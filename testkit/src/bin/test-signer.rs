@@ -2,13 +2,13 @@
 //! for end-to-end tests of signer-gateway. Never use its keys for anything real.
 //!
 //! Prints exactly one line on stdout, `test-signer listening on <addr> keys=<tz1…,…>`, then
-//! serves until SIGTERM or SIGINT. Control endpoints: see `gateway_e2e::test_signer`.
+//! serves until SIGTERM or SIGINT. Control endpoints: see `testkit::test_signer`.
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gateway_e2e::test_signer::{parse_bls_key, parse_seed, Mode, TestKey, TestSigner, TestSignerOptions};
+use testkit::test_signer::{parse_bls_key, parse_seed, Mode, TestKey, TestSigner, TestSignerOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Test remote signer (octez protocol) with fault injection.
