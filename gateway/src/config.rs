@@ -540,6 +540,22 @@ pub struct Settings {
     pub policy: Policy,
     /// How each signer of `config.signers` is reached, same order.
     pub routes: Vec<SignerRoute>,
+    /// The watermark store, resolved: nothing optional left to re-check.
+    pub store: StoreSettings,
+}
+
+/// Which watermark store to open, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// In memory: lost at every restart (tests and demos).
+    Memory,
+    /// The file store in `dir`.
+    File {
+        /// `watermark.dir`.
+        dir: PathBuf,
+        /// `watermark.create_if_missing`.
+        create_if_missing: bool,
+    },
 }
 
 impl Config {
@@ -589,15 +605,19 @@ impl Config {
         if api.listen == self.admin.listen && api.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from api.listen"));
         }
-        match (self.watermark.backend, &self.watermark.dir) {
+        let store = match (self.watermark.backend, &self.watermark.dir) {
+            (WatermarkBackend::File, Some(dir)) => StoreSettings::File {
+                dir: dir.clone(),
+                create_if_missing: self.watermark.create_if_missing,
+            },
+            (WatermarkBackend::Memory, None) => StoreSettings::Memory,
             (WatermarkBackend::File, None) => {
                 return Err(invalid("watermark.dir", "required when watermark.backend is file"));
             }
             (WatermarkBackend::Memory, Some(_)) => {
                 return Err(invalid("watermark.dir", "only meaningful with watermark.backend: file"));
             }
-            _ => {}
-        }
+        };
         if self.signers.is_empty() {
             return Err(invalid("signers", "at least one signer is required"));
         }
@@ -693,6 +713,7 @@ impl Config {
             config: self,
             policy,
             routes,
+            store,
         })
     }
 

@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Settings, SignerRoute, WatermarkBackend, WatermarkConfig};
+use crate::config::{Settings, SignerRoute, StoreSettings};
 use crate::pool::{Connect, Pool, PoolObserver, Signer, SignerLimits, TcpConnect};
 use crate::watermark::{FileStore, MemoryStore, OpenError, WatermarkStore};
 
@@ -87,22 +87,19 @@ pub enum StartError {
 }
 
 /// Open the configured watermark store (blocking file I/O runs off the async threads).
-pub async fn open_store(cfg: &WatermarkConfig) -> Result<Arc<dyn WatermarkStore>, StartError> {
-    match (cfg.backend, &cfg.dir) {
-        (WatermarkBackend::Memory, _) => {
+pub async fn open_store(store: &StoreSettings) -> Result<Arc<dyn WatermarkStore>, StartError> {
+    match store {
+        StoreSettings::Memory => {
             warn!("watermark backend is memory: marks are lost on restart; never use this for a real baker");
             Ok(Arc::new(MemoryStore::new()))
         }
-        (WatermarkBackend::File, Some(dir)) => {
-            let dir = dir.clone();
-            let create = cfg.create_if_missing;
+        StoreSettings::File { dir, create_if_missing } => {
+            let (dir, create) = (dir.clone(), *create_if_missing);
             let store = tokio::task::spawn_blocking(move || FileStore::open(&dir, create))
                 .await
                 .map_err(|e| StartError::Internal(format!("opening the watermark store panicked: {e}")))??;
             Ok(Arc::new(store))
         }
-        // Config validation rejects this; kept as an error rather than a panic.
-        (WatermarkBackend::File, None) => Err(StartError::Internal("watermark.dir is not set".into())),
     }
 }
 
@@ -121,7 +118,7 @@ impl Gateway {
     pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
         let cfg = &settings.config;
         let metrics = Arc::new(metrics::Metrics::new().map_err(|e| StartError::Internal(e.to_string()))?);
-        let store = open_store(&cfg.watermark).await?;
+        let store = open_store(&settings.store).await?;
         metrics.store_healthy.set(i64::from(store.health().healthy));
         let bind = |what, addr| async move {
             TcpListener::bind(addr)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use signer_gateway::config::{Config, LogFormat, Settings, WatermarkBackend};
+use signer_gateway::config::{Config, LogFormat, Settings, StoreSettings};
 use signer_gateway::payload::Kind;
 use signer_gateway::tezos::{ChainId, Pkh};
 use signer_gateway::watermark::{FileStore, IfMissing, MarkKey, WatermarkStore};
@@ -137,10 +137,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Result<()> {
-    let wm = &settings.config.watermark;
-    let dir = match (wm.backend, &wm.dir) {
-        (WatermarkBackend::File, Some(dir)) => dir.clone(),
-        _ => anyhow::bail!("watermark commands need `watermark.backend: file` and `watermark.dir`"),
+    let dir = match &settings.store {
+        StoreSettings::File { dir, .. } => dir.clone(),
+        StoreSettings::Memory => anyhow::bail!("watermark commands need `watermark.backend: file` and `watermark.dir`"),
     };
     match action {
         WatermarkCommand::List { json } => {
