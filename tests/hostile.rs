@@ -445,3 +445,56 @@ async fn a_lost_store_never_comes_back_empty() {
         .unwrap();
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
+
+/// Authenticated sessions are capped per signer (`ssh.max_sessions_per_signer`): a leaked key
+/// cannot open session after session; the sessions within the cap are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_signer_are_capped() {
+    let dir = tempfile::Builder::new().prefix("gateway-sessions-").tempdir().unwrap();
+    let key = SshKey::generate(dir.path(), "pi").unwrap();
+    let yaml = format!(
+        r#"api: {{listen: 127.0.0.1:0}}
+admin: {{listen: 127.0.0.1:0}}
+watermark: {{backend: memory}}
+ssh: {{listen: 127.0.0.1:0, host_key: "{{dir}}/ssh_host_ed25519_key", max_sessions_per_signer: 2}}
+signers:
+  - name: pi
+    tunnel: {{keys: ["{}"]}}
+log_format: text
+"#,
+        key.public
+    );
+    let gw = Gateway::start_in(dir.path(), &yaml).await.unwrap();
+    let (ssh, _) = gw.ssh_endpoint().unwrap();
+    let mut within = Vec::new();
+    for n in 1..=2 {
+        within.push(SshClient::spawn(&key, ssh, "pi", &["-N"]).unwrap());
+        eventually(SETTLE, "the session accepted", || async {
+            let accepted = gw
+                .metric("signer_gateway_ssh_sessions_total", "result", "accepted")
+                .await?;
+            anyhow::ensure!(accepted as usize == n, "{accepted} accepted");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    let mut third = SshClient::spawn(&key, ssh, "pi", &["-N"]).unwrap();
+    let status = third.wait_exit(SETTLE).await.unwrap();
+    assert!(!status.success(), "a third session of one signer got in");
+    let refused = gw
+        .metric(
+            "signer_gateway_ssh_sessions_total",
+            "result",
+            "rejected_too_many_sessions",
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, 1.0);
+    for s in &mut within {
+        assert!(
+            s.try_status().unwrap().is_none(),
+            "a session within the cap was dropped"
+        );
+    }
+}
