@@ -125,12 +125,23 @@ async fn connect_overlapping(
     order: &[usize],
     forward: bool,
 ) -> Result<Session, SessionError> {
-    use futures_util::stream::{FuturesUnordered, StreamExt as _};
     // Every attempt gives up after its own timeouts, so this bounds how many run at once.
     let max = (settings.config.connect_timeout.as_millis() / ATTEMPT_EVERY.as_millis()).max(1) as usize + 1;
+    first_of_overlapping(|| connect_first(settings, key, order, forward), ATTEMPT_EVERY, max).await
+}
+
+/// Run `attempt()`, and again every `every` (at most `max` at once) while every earlier one
+/// is still pending; the first to succeed wins and the others are dropped. Fails once every
+/// attempt has failed, with a host key mismatch if any attempt saw one.
+async fn first_of_overlapping<T, F, Fut>(mut attempt: F, every: Duration, max: usize) -> Result<T, SessionError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SessionError>>,
+{
+    use futures_util::stream::{FuturesUnordered, StreamExt as _};
     let mut attempts = FuturesUnordered::new();
-    attempts.push(connect_first(settings, key, order, forward));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ATTEMPT_EVERY, ATTEMPT_EVERY);
+    attempts.push(attempt());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed: Option<SessionError> = None;
     loop {
@@ -143,7 +154,7 @@ async fn connect_overlapping(
             },
             _ = tick.tick(), if !attempts.is_empty() && attempts.len() < max => {
                 info!(pending = attempts.len(), "connection attempt still pending: starting another");
-                attempts.push(connect_first(settings, key, order, forward));
+                attempts.push(attempt());
             }
         }
         if attempts.is_empty() {
@@ -517,6 +528,87 @@ mod tests {
         );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(500));
+    }
+
+    /// Attempts that hang (a handshake frozen mid-way) until `hang_until`, then answer at once.
+    fn attempts<'a>(
+        hang_until: tokio::time::Instant,
+        started: &'a std::sync::Mutex<Vec<Duration>>,
+        t0: tokio::time::Instant,
+    ) -> impl FnMut() -> Pin<Box<dyn Future<Output = Result<usize, SessionError>> + Send>> + 'a {
+        let mut n = 0;
+        move || {
+            n += 1;
+            let id = n;
+            let begun = tokio::time::Instant::now();
+            started.lock().unwrap().push(begun - t0);
+            Box::pin(async move {
+                if begun < hang_until {
+                    // Begun while the link was down: frozen for good.
+                    std::future::pending::<()>().await;
+                }
+                Ok(id)
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_attempt_every_second_while_the_first_is_stuck_and_the_first_to_finish_wins() {
+        let t0 = tokio::time::Instant::now();
+        let started = std::sync::Mutex::new(Vec::new());
+        // The link comes back 3.5 s in: attempts begun before stay frozen.
+        let back = t0 + Duration::from_millis(3500);
+        let winner = first_of_overlapping(attempts(back, &started, t0), Duration::from_secs(1), 10)
+            .await
+            .unwrap();
+        assert_eq!(winner, 5, "the first attempt begun after the link returned");
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(4),
+            "within a second of the link's return"
+        );
+        let started = started.lock().unwrap().clone();
+        assert_eq!(started, (0..5).map(Duration::from_secs).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_in_flight_are_capped_and_failures_end_the_wait() {
+        let t0 = tokio::time::Instant::now();
+        let started = std::sync::Mutex::new(Vec::new());
+        // Never comes back: at most `max` attempts, then it waits on them (their own timeouts
+        // end them in real life).
+        let never = t0 + Duration::from_secs(3600);
+        let wait = first_of_overlapping(attempts(never, &started, t0), Duration::from_secs(1), 3);
+        assert!(tokio::time::timeout(Duration::from_secs(30), wait).await.is_err());
+        assert_eq!(started.lock().unwrap().len(), 3);
+        // When every attempt has failed the wait ends (the backoff takes over), and a host key
+        // mismatch seen by any attempt is the error reported, even if later ones failed
+        // otherwise: the first attempt (a mismatch) fails after 1.5 s, the others (timeouts)
+        // 1 s after they start.
+        let mut n = 0u64;
+        let e = first_of_overlapping(
+            || {
+                n += 1;
+                let (after, e) = if n == 1 {
+                    (
+                        Duration::from_millis(1500),
+                        SessionError::HostKeyMismatch("pinned x, got y".into()),
+                    )
+                } else {
+                    (Duration::from_millis(1000), SessionError::Timeout("handshake"))
+                };
+                async move {
+                    tokio::time::sleep(after).await;
+                    Err::<(), _>(e)
+                }
+            },
+            Duration::from_secs(1),
+            2,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.is_host_key_mismatch(), "{e}");
+        assert!(n >= 2, "the stuck first attempt was overlapped");
     }
 
     #[test]
