@@ -224,23 +224,10 @@ impl Rig {
     }
 }
 
-/// Runs `body` on a fresh rig; on error, panics with the message (and the gateway log tail).
-macro_rules! rig_test {
-    ($(#[$meta:meta])* $name:ident, $body:ident) => {
-        $(#[$meta])*
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let mut rig = Rig::start().await.expect("starting the rig");
-            let result = $body(&mut rig).await;
-            rig.check(result);
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Interop
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// Stock `ssh -N -R` with a listed key: the tunnel shows in /status and metrics, and a
     /// sign through the gateway is served by the signer behind it.
     openssh_reverse_tunnel_serves_signatures,
@@ -315,7 +302,7 @@ async fn session_refused(rig: &mut Rig, extra: &[&str]) -> anyhow::Result<()> {
     rig.assert_still_serving(&peer).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// A key nobody listed: ssh fails with "Permission denied (publickey)", the rejection is
     /// counted, and the tunnel of the real key is untouched.
     unknown_key_is_rejected,
@@ -343,7 +330,7 @@ async fn unknown_key_is_rejected_body(rig: &mut Rig) -> anyhow::Result<()> {
     rig.assert_still_serving(&peer).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// Password authentication: the server offers only `publickey`, so a client limited to
     /// passwords gets "Permission denied (publickey)".
     password_auth_is_refused,
@@ -368,7 +355,7 @@ async fn password_auth_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
     rig.assert_still_serving(&peer).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `ssh pi@gateway echo hi` with the listed key: no exec.
     exec_is_refused,
     exec_is_refused_body
@@ -378,7 +365,7 @@ async fn exec_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
     session_refused(rig, &["--", "echo", "hi"]).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `ssh -tt pi@gateway`: no shell, no pty.
     shell_with_pty_is_refused,
     shell_with_pty_is_refused_body
@@ -388,7 +375,7 @@ async fn shell_with_pty_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
     session_refused(rig, &["-tt"]).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `ssh -s pi@gateway sftp`: no subsystem.
     subsystem_is_refused,
     subsystem_is_refused_body
@@ -398,7 +385,7 @@ async fn subsystem_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
     session_refused(rig, &["-s", "--", "sftp"]).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `ssh -A pi@gateway echo hi`: agent forwarding rides on a session channel, refused
     /// before any agent request.
     agent_forwarding_is_refused,
@@ -409,7 +396,7 @@ async fn agent_forwarding_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
     session_refused(rig, &["-A", "-o", "ForwardAgent=yes", "--", "echo", "hi"]).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `ssh -N -L <local>:<backup signer>`: a connection to the local port is closed without
     /// a byte from the target, ssh reports "open failed", the refusal is counted.
     direct_tcpip_is_refused,
@@ -469,7 +456,7 @@ async fn direct_tcpip_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
     rig.assert_still_serving(&peer).await
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `ssh -N -R <path>:<signer>` (a Unix-socket forward): refused, counted, the TCP tunnel
     /// of the same key untouched.
     streamlocal_forward_is_refused,
@@ -494,7 +481,7 @@ async fn streamlocal_forward_is_refused_body(rig: &mut Rig) -> anyhow::Result<()
 // ---------------------------------------------------------------------------------------------
 // Link faults
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The tunnel's link goes silently dead (fault proxy in blackhole): one request every
     /// 100 ms keeps getting 200 (the backup takes over), and the gateway drops the session
     /// within the keepalive bound.
@@ -639,7 +626,7 @@ async fn rig_sign(
     Ok(Signed { status, body, took, by })
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The Pi reconnects (directly) while its old session, behind a blackholed link, is still
     /// registered: within 1 s of the new forward being accepted the gateway routes to the new
     /// session, without waiting for the keepalive timeout; the old session is closed by the
@@ -740,7 +727,7 @@ async fn reconnect_replaces_stale_session_at_once_body(rig: &mut Rig) -> anyhow:
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The Pi's ssh exits cleanly (SIGTERM): the very next request goes to the backup, fast,
     /// and /status shows the tunnel gone.
     closed_tunnel_fails_over_at_once,
@@ -770,7 +757,7 @@ async fn closed_tunnel_fails_over_at_once_body(rig: &mut Rig) -> anyhow::Result<
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// Two live devices sharing one key keep replacing each other's session: beyond
     /// `ssh.max_replacements_per_minute` (6) the gateway counts a storm and logs an error
     /// naming the likely cause, so an alert fires instead of a silent flap.

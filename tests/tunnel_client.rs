@@ -375,19 +375,6 @@ impl Rig {
     }
 }
 
-/// Runs `body` on a fresh rig; on error, panics with the message (and the log tails).
-macro_rules! rig_test {
-    ($(#[$meta:meta])* $name:ident, $body:ident) => {
-        $(#[$meta])*
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let mut rig = Rig::start().await.expect("starting the rig");
-            let result = $body(&mut rig).await;
-            rig.check(result);
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------------
 // One uplink, through the proxy
 
@@ -457,7 +444,7 @@ async fn back_within_two_seconds_after_any_outage() {
     );
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// A Pi with two uplinks whose preferred path freezes silently (the proxy stops moving
     /// its bytes, as a dead Ethernet link does) signs again over the other uplink within 2 s:
     /// the first unanswered liveness ping opens a session over the other uplink, which takes
@@ -497,7 +484,7 @@ async fn pi_signs_over_the_other_uplink_within_two_seconds_body(rig: &mut Rig) -
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The client connects through the proxy, the gateway shows its tunnel, and signatures
     /// flow through it: pi's signer counts them, the backup's does not.
     signatures_flow_through_the_tunnel,
@@ -558,7 +545,7 @@ async fn signatures_flow_through_the_tunnel_body(rig: &mut Rig) -> anyhow::Resul
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The link goes silently dead (proxy blackhole): every request still gets a signature
     /// (backup), the client notices by its keepalives and keeps retrying; once the link is
     /// restored pi serves again soon. Prints the time from restore to pi serving.
@@ -638,7 +625,7 @@ async fn blackholed_link_recovers_after_restore_body(rig: &mut Rig) -> anyhow::R
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The gateway is killed and restarted in the same dir (same SSH port and host key): the
     /// client is back within its backoff.
     gateway_restart_client_returns_within_backoff,
@@ -681,7 +668,7 @@ async fn gateway_restart_client_returns_within_backoff_body(rig: &mut Rig) -> an
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The local signer dies: the gateway fails over at once (every request served by the
     /// backup, each well under request_timeout), the client withdraws the forward (the
     /// tunnel shows disconnected, pi down); when the signer returns, the client requests the
@@ -765,7 +752,7 @@ async fn local_signer_down_withdraws_and_resumes_body(rig: &mut Rig) -> anyhow::
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The client starts while the local signer is down: it connects without the forward
     /// (no route, the backup serves) and requests it once the signer answers.
     starts_without_forward_while_local_signer_down,
@@ -809,7 +796,7 @@ async fn starts_without_forward_while_local_signer_down_body(rig: &mut Rig) -> a
 // ---------------------------------------------------------------------------------------------
 // Two uplinks
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// Two uplinks (sources 127.0.0.2 preferred, 127.0.0.3), each its own link through the
     /// proxy. The preferred one goes silent: the client moves to the other (the gateway shows
     /// the peer from 127.0.0.3) while every request still gets a signature. It heals: the
@@ -951,7 +938,7 @@ async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<(
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// With two uplinks, a gateway restart: the client is back within its backoff, and on
     /// the preferred uplink within uplink_retry at the latest. (It currently comes back on
     /// the other uplink first, then switches: the uplink of a session that ended is tried
@@ -986,7 +973,7 @@ async fn gateway_restart_with_two_uplinks_ends_on_preferred_body(rig: &mut Rig) 
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// While the client tries a better uplink that is silently dead (each attempt lasts up to
     /// connect_timeout), it must keep probing its local signer: a signer that dies meanwhile
     /// gets its forward withdrawn within `fall` probes, not after the attempt.
@@ -1045,7 +1032,7 @@ fn other_fingerprint(dir: &Path) -> anyhow::Result<String> {
     Ok(fp.to_string())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// The client pins a fingerprint that is not the gateway's: it never authenticates (no
     /// accepted session, no tunnel), logs a SECURITY error naming the host key mismatch and
     /// both fingerprints, retries only every host_key_mismatch_retry; `check` exits 1 and
@@ -1139,7 +1126,7 @@ async fn wrong_host_key_never_authenticates_body(rig: &mut Rig) -> anyhow::Resul
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// Two gateways configured, the first presenting another host key (a decoy: a wrong
     /// entry, or a path that is intercepted): the client logs the SECURITY error for it and
     /// connects to the second, whose key matches, instead of waiting host_key_mismatch_retry.
@@ -1201,7 +1188,7 @@ fn ensure_check_steps(check: &Finished) -> anyhow::Result<()> {
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `keygen` writes a 0600 private key and a .pub, prints the public line and refuses to
     /// overwrite; the gateway accepts that line: `check` with the new key exits 0 printing
     /// each step. `check` with the local signer down, or a key nobody listed, exits 1.
@@ -1301,7 +1288,7 @@ async fn keygen_and_check_body(rig: &mut Rig) -> anyhow::Result<()> {
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// `check` run on a Pi whose service is up (what an operator does to diagnose it) must
     /// not disturb the live tunnel: no replacement, no reconnect, pi keeps serving.
     check_leaves_a_running_tunnel_alone,
@@ -1443,7 +1430,7 @@ async fn aarch64_body(rig: &mut Rig, qemu: &Path, bin: &Path) -> anyhow::Result<
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// After a long gateway outage the client's backoff has grown to seconds; when the gateway
     /// is back it must not wait that out: a cheap TCP check every second cuts the backoff short.
     long_outage_recovers_without_waiting_out_the_backoff,
@@ -1496,7 +1483,7 @@ async fn notifications_until(
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// systemd `Type=notify`: READY=1 as soon as the supervisor runs, STATUS lines saying
     /// whether it forwards, naming the uplink and the gateway, WATCHDOG=1 pings (fed from the
     /// supervisor's loop) when WatchdogSec is set, STOPPING=1 on SIGTERM. The notify socket is
@@ -1553,7 +1540,7 @@ async fn systemd_notifications_body(rig: &mut Rig) -> anyhow::Result<()> {
     Ok(())
 }
 
-rig_test!(
+testkit::rig_test!(Rig;
     /// A Pi that boots with its signer down (a locked Ledger, a signer still starting) reaches
     /// READY, so systemd's start timeout does not restart it, and says in STATUS that it does
     /// not forward; once the signer answers, STATUS says it serves.

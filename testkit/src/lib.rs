@@ -18,3 +18,27 @@ pub mod harness;
 pub mod ssh_client;
 pub mod test_signer;
 pub mod tunnel_harness;
+
+/// One end-to-end test on a fresh rig: `$rig::start()` (an `async fn() -> anyhow::Result<$rig>`),
+/// then `$body(&mut rig)` (an `async fn(&mut $rig) -> anyhow::Result<()>`), then
+/// `rig.check(result)`, which panics with the error and whatever logs the rig keeps.
+///
+/// ```text
+/// testkit::rig_test!(Rig;
+///     /// What it checks.
+///     signatures_flow,
+///     signatures_flow_body
+/// );
+/// ```
+#[macro_export]
+macro_rules! rig_test {
+    ($rig:ty; $(#[$meta:meta])* $name:ident, $body:ident) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let mut rig = <$rig>::start().await.expect("starting the rig");
+            let result = $body(&mut rig).await;
+            rig.check(result);
+        }
+    };
+}
