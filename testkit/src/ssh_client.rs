@@ -11,14 +11,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+
+use crate::harness::{Lines, Proc, Stderr};
 
 /// Find an executable: `$env_var` if set, else `name` in `PATH`.
 fn find_bin(name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
@@ -114,16 +112,9 @@ pub fn base_args(key: &SshKey, server: SocketAddr) -> Vec<String> {
 /// What ssh prints on stderr once the server accepted a `-R 0:…` forward.
 pub const ALLOCATED: &str = "Allocated port ";
 
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
-/// A running `ssh` process; killed (SIGKILL) on drop.
+/// A running `ssh` process ([`Proc`]); killed (SIGKILL) on drop.
 pub struct SshClient {
-    child: Child,
-    stderr: Lines,
-    stdout: Lines,
-    // Bumped on every new line (either stream) and when both streams close.
-    seen: watch::Receiver<u64>,
-    status: Option<ExitStatus>,
+    proc: Proc,
     command: String,
 }
 
@@ -163,57 +154,15 @@ impl SshClient {
     pub fn spawn_args(args: &[String]) -> anyhow::Result<SshClient> {
         let bin = ssh_bin()?;
         let mut cmd = Command::new(&bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args(args);
         let command = format!("{} {}", bin.display(), args.join(" "));
-        let mut child = cmd.spawn().with_context(|| format!("spawning {command}"))?;
-        let (tx, seen) = watch::channel(0u64);
-        let tx = Arc::new(tx);
-        let stderr: Lines = Arc::default();
-        let stdout: Lines = Arc::default();
-        let err_pipe = child.stderr.take().context("stderr not piped")?;
-        let out_pipe = child.stdout.take().context("stdout not piped")?;
-        let echo = crate::harness::verbose();
-        for (pipe, lines, tag) in [
-            (
-                Box::new(err_pipe) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                stderr.clone(),
-                "stderr",
-            ),
-            (Box::new(out_pipe), stdout.clone(), "stdout"),
-        ] {
-            let tx = Arc::clone(&tx);
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if echo {
-                        eprintln!("[ssh {tag}] {line}");
-                    }
-                    lines
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((Instant::now(), line));
-                    tx.send_modify(|n| *n += 1);
-                }
-                tx.send_modify(|n| *n += 1);
-            });
-        }
-        Ok(SshClient {
-            child,
-            stderr,
-            stdout,
-            seen,
-            status: None,
-            command,
-        })
+        let proc = Proc::start("ssh", cmd, Stderr::Capture(Lines::default(), None))?;
+        Ok(SshClient { proc, command })
     }
 
     /// Process id (None once reaped).
     pub fn id(&self) -> Option<u32> {
-        self.child.id()
+        self.proc.live_id()
     }
 
     /// The command line, for messages.
@@ -223,12 +172,12 @@ impl SshClient {
 
     /// Everything written to stderr so far.
     pub fn stderr(&self) -> String {
-        join(&self.stderr)
+        self.proc.stderr.text()
     }
 
     /// Everything written to stdout so far.
     pub fn stdout(&self) -> String {
-        join(&self.stdout)
+        self.proc.stdout.text()
     }
 
     /// Wait up to `within` for a stderr line containing `needle`; returns when it arrived.
@@ -236,81 +185,57 @@ impl SshClient {
     pub async fn wait_stderr(&mut self, needle: &str, within: Duration) -> anyhow::Result<Instant> {
         let deadline = Instant::now() + within;
         loop {
-            let found = self
-                .stderr
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|(_, l)| l.contains(needle))
-                .map(|(t, _)| *t);
-            if let Some(t) = found {
-                return Ok(t);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let tick = left.min(Duration::from_millis(50));
+            if let Some((at, _)) = self.proc.stderr.wait(None, tick, |l| l.contains(needle)).await {
+                return Ok(at);
             }
-            if let Some(status) = self.try_status()? {
-                // Let the readers drain what is left before giving up.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if let Some((t, _)) = self
+            if let Some(status) = self.proc.try_status()? {
+                // Let the reader drain what is left before giving up.
+                if let Some((at, _)) = self
+                    .proc
                     .stderr
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .find(|(_, l)| l.contains(needle))
+                    .wait(None, Duration::from_millis(100), |l| l.contains(needle))
+                    .await
                 {
-                    return Ok(*t);
+                    return Ok(at);
                 }
                 anyhow::bail!(
                     "ssh exited ({status}) without printing {needle:?}; stderr:\n{}",
                     self.stderr()
                 );
             }
-            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 anyhow::bail!(
                     "ssh did not print {needle:?} within {within:?}; stderr so far:\n{}",
                     self.stderr()
                 );
             }
-            // A new line, or a short tick to notice the exit.
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), self.seen.changed()).await;
         }
     }
 
     /// The exit status if it has exited (reaps it).
     pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().context("waiting for ssh")?;
-        }
-        Ok(self.status)
+        self.proc.try_status()
     }
 
     /// Wait up to `within` for the exit; the status, or an error (the process keeps running).
     pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        if let Some(s) = self.status {
-            return Ok(s);
-        }
-        let status = tokio::time::timeout(within, self.child.wait())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "ssh still running after {within:?}: {}\nstderr:\n{}",
-                    self.command,
-                    self.stderr()
-                )
-            })?
-            .context("waiting for ssh")?;
-        self.status = Some(status);
+        let status = self.proc.wait_exit(within).await.ok_or_else(|| {
+            anyhow::anyhow!(
+                "ssh still running after {within:?}: {}\nstderr:\n{}",
+                self.command,
+                self.stderr()
+            )
+        })?;
         // Let the readers catch the last lines.
-        let _ = tokio::time::timeout(Duration::from_millis(200), async {
-            while self.seen.changed().await.is_ok() {}
-        })
-        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         Ok(status)
     }
 
     /// Send `sig` (e.g. `libc::SIGTERM`) to the process.
     pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
-        let pid = self.child.id().context("ssh already reaped")?;
-        crate::harness::signal(pid, sig)
+        self.proc.signal(sig)
     }
 
     /// SIGTERM and wait up to `within` for the exit.
@@ -321,16 +246,6 @@ impl SshClient {
 
     /// SIGKILL and reap.
     pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
+        self.proc.kill();
     }
-}
-
-fn join(lines: &Lines) -> String {
-    let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
-    let mut s = String::new();
-    for (_, l) in lines.iter() {
-        s.push_str(l);
-        s.push('\n');
-    }
-    s
 }

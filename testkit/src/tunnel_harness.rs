@@ -10,16 +10,15 @@
 //! when a test panics.
 
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::harness::verbose;
+use crate::harness::{verbose, Lines, Proc, Stderr};
 
 /// Name of the config file [`TunnelClient::start`] writes in its dir.
 pub const CONFIG_FILE: &str = "signer-tunnel.yaml";
@@ -194,12 +193,10 @@ impl TunnelConfig {
     }
 }
 
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
 /// A `signer-tunnel run` process. Dropping it kills it (SIGKILL); the dir stays (the caller
 /// owns it).
 pub struct TunnelClient {
-    child: Option<Child>,
+    child: Option<Proc>,
     bin: PathBuf,
     dir: PathBuf,
     config: TunnelConfig,
@@ -223,7 +220,7 @@ impl TunnelClient {
             dir: dir.to_path_buf(),
             config: config.clone(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            lines: Arc::new(Mutex::new(Vec::new())),
+            lines: Lines::default(),
             runs: 0,
         };
         client.spawn()?;
@@ -235,21 +232,13 @@ impl TunnelClient {
         self.config.write(&config_path)?;
         self.runs += 1;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("run")
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.arg("--config").arg(&config_path).arg("run").current_dir(&self.dir);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-        let stderr = child.stderr.take().context("stderr was not piped")?;
         let log_path = self.log_path();
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -257,27 +246,8 @@ impl TunnelClient {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         writeln!(log, "=== gateway-e2e: run {} of {} ===", self.runs, self.bin.display())?;
-        let lines = Arc::clone(&self.lines);
-        let echo = verbose();
-        // A thread, not a task: it must keep draining even while the test blocks a runtime
-        // thread, or the client would stall on a full pipe.
-        std::thread::Builder::new()
-            .name("signer-tunnel-stderr".into())
-            .spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if echo {
-                        eprintln!("[signer-tunnel] {line}");
-                    }
-                    let _ = writeln!(log, "{line}");
-                    lines
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((Instant::now(), line));
-                }
-            })
-            .context("spawning the stderr reader thread")?;
-        self.child = Some(child);
+        let proc = Proc::start("signer-tunnel", cmd, Stderr::Capture(self.lines.clone(), Some(log)))?;
+        self.child = Some(proc);
         Ok(())
     }
 
@@ -298,62 +268,43 @@ impl TunnelClient {
 
     /// Every stderr line so far, across restarts.
     pub fn log(&self) -> String {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let mut text = String::new();
-        for (_, l) in lines.iter() {
-            text.push_str(l);
-            text.push('\n');
-        }
-        text
+        self.lines.text()
     }
 
     /// Stderr lines containing `needle`, with the time each arrived.
     pub fn log_lines(&self, needle: &str) -> Vec<(Instant, String)> {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.iter().filter(|(_, l)| l.contains(needle)).cloned().collect()
+        self.lines.matching(needle)
     }
 
     /// Wait up to `within` for a stderr line containing `needle` that arrived at or after
     /// `since` (any time when `None`); returns when it arrived.
     pub async fn wait_log(&self, needle: &str, since: Option<Instant>, within: Duration) -> anyhow::Result<Instant> {
-        let deadline = Instant::now() + within;
-        loop {
-            let found = self
-                .log_lines(needle)
-                .into_iter()
-                .find(|(at, _)| since.is_none_or(|s| *at >= s));
-            if let Some((at, _)) = found {
-                return Ok(at);
-            }
-            if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "signer-tunnel did not log {needle:?} within {within:?}{}",
-                    self.log_tail(30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match self.lines.wait(since, within, |l| l.contains(needle)).await {
+            Some((at, _)) => Ok(at),
+            None => anyhow::bail!(
+                "signer-tunnel did not log {needle:?} within {within:?}{}",
+                self.log_tail(30)
+            ),
         }
     }
 
     /// The last `n` stderr lines, formatted for an error message.
     pub fn log_tail(&self, n: usize) -> String {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let tail: Vec<&str> = lines[lines.len().saturating_sub(n)..]
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect();
-        format!("\n--- last lines of signer-tunnel's log ---\n{}\n---", tail.join("\n"))
+        format!(
+            "\n--- last lines of signer-tunnel's log ---\n{}\n---",
+            self.lines.tail(n).join("\n")
+        )
     }
 
     /// Process id of the current run, if running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(Proc::id)
     }
 
     /// Still running? (Its exit status once it exited.)
     pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         match &mut self.child {
-            Some(c) => Ok(c.try_wait()?),
+            Some(c) => c.try_status(),
             None => anyhow::bail!("signer-tunnel is not running"),
         }
     }
@@ -361,28 +312,14 @@ impl TunnelClient {
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // Err means it already exited: reaping below still applies.
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
     /// SIGTERM and wait up to `within` for the exit (SIGKILL and an error past it).
     pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
         let mut c = self.child.take().context("signer-tunnel is not running")?;
-        crate::harness::signal(c.id(), libc::SIGTERM)?;
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                anyhow::bail!("signer-tunnel still running {within:?} after SIGTERM: killed");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        c.terminate(within).await
     }
 
     /// Kill the current run if any and start again with `config` (written anew).

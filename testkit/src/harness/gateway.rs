@@ -121,7 +121,7 @@ impl Gateway {
     /// Everything the current run wrote to stdout.
     pub fn stdout(&self) -> Vec<String> {
         match &self.proc {
-            Some(p) => p.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Some(p) => p.stdout.all(),
             None => Vec::new(),
         }
     }

@@ -1,114 +1,268 @@
-//! Child processes that announce readiness with one stdout line.
+//! The one wrapper for the tests' child processes ([`Proc`]): stdout, and stderr unless the
+//! caller sends it elsewhere, drained line by line by threads (a child never blocks on a full
+//! pipe, even while a test blocks a runtime thread) into [`Lines`] with arrival times, echoed
+//! with `E2E_VERBOSE=1`, optionally appended to a log file; SIGTERM with a bound, SIGKILL on
+//! drop. The gateway, the test signer, `signer-tunnel` and `ssh` all run in one.
 
-use std::io::{BufRead as _, BufReader};
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tokio::sync::watch;
 
-/// True when `E2E_VERBOSE=1`: children's stdout is echoed and their stderr inherited.
+/// True when `E2E_VERBOSE=1`: children's output is echoed on the test's stderr.
 pub fn verbose() -> bool {
     std::env::var("E2E_VERBOSE").is_ok_and(|v| v == "1")
 }
 
-/// A running child whose stdout is drained by a thread (so it never blocks on a full pipe).
-pub(crate) struct Proc {
+/// Lines a child wrote to one stream, with the time each arrived; cheap to clone (shared), and
+/// kept across restarts when the caller hands the same `Lines` to the next run.
+#[derive(Clone)]
+pub struct Lines {
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    // Bumped at every line and when the stream closes.
+    seen: watch::Sender<u64>,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Lines {
+            lines: Arc::default(),
+            seen: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Lines {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, String)>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, line: String) {
+        self.lock().push((Instant::now(), line));
+        self.seen.send_modify(|n| *n += 1);
+    }
+
+    /// Every line so far.
+    pub fn all(&self) -> Vec<String> {
+        self.lock().iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// Every line so far, one per line of text.
+    pub fn text(&self) -> String {
+        self.lock().iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
+
+    /// Lines containing `needle`, with the time each arrived.
+    pub fn matching(&self, needle: &str) -> Vec<(Instant, String)> {
+        self.lock()
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let lines = self.lock();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// The first line (at or after `since`) for which `found` holds.
+    pub fn find(&self, since: Option<Instant>, found: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
+        self.lock()
+            .iter()
+            .find(|(at, l)| since.is_none_or(|s| *at >= s) && found(l))
+            .cloned()
+    }
+
+    /// Wait up to `within` for a line (at or after `since`) for which `found` holds; `None`
+    /// past the deadline.
+    pub async fn wait(
+        &self,
+        since: Option<Instant>,
+        within: Duration,
+        found: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + within;
+        let mut seen = self.seen.subscribe();
+        loop {
+            if let Some(hit) = self.find(since, &found) {
+                return Some(hit);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // A new line, or a short tick (the stream may have closed meanwhile).
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), seen.changed()).await;
+        }
+    }
+
+    /// Drain `pipe` into these lines on a thread, echoing them with `tag` when verbose and
+    /// appending them to `log`.
+    fn drain(&self, pipe: impl Read + Send + 'static, tag: String, mut log: Option<File>) -> anyhow::Result<()> {
+        let lines = self.clone();
+        let echo = verbose();
+        std::thread::Builder::new()
+            .name(format!("{tag}-reader"))
+            .spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if echo {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    if let Some(log) = log.as_mut() {
+                        let _ = writeln!(log, "{line}");
+                    }
+                    lines.push(line);
+                }
+                lines.seen.send_modify(|n| *n += 1);
+            })
+            .context("spawning an output reader thread")?;
+        Ok(())
+    }
+}
+
+/// Where a child's stderr goes.
+pub enum Stderr {
+    /// Wherever the caller set it on the `Command` (a log file, inherited).
+    AsSet,
+    /// Into these lines, and appended to this log file when given.
+    Capture(Lines, Option<File>),
+}
+
+/// A running child of a test; SIGKILLed and reaped on drop.
+pub struct Proc {
     child: Child,
     name: String,
-    /// Every stdout line so far.
-    pub(crate) stdout: Arc<Mutex<Vec<String>>>,
+    status: Option<ExitStatus>,
+    /// Every stdout line.
+    pub stdout: Lines,
+    /// Every stderr line, when captured.
+    pub stderr: Lines,
 }
 
 impl Proc {
-    /// Spawn `cmd` (stdout is piped here) and wait up to `within` for a stdout line starting
-    /// with `ready_prefix`; returns the process and that line. `log` is read into the error
-    /// if the child exits or stays silent.
-    pub(crate) async fn spawn(
+    /// Start `cmd` with stdin closed and stdout drained into [`Proc::stdout`]; stderr as
+    /// `stderr` says.
+    pub fn start(name: &str, mut cmd: Command, stderr: Stderr) -> anyhow::Result<Proc> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let (err_lines, err_log) = match stderr {
+            Stderr::AsSet => (Lines::default(), None),
+            Stderr::Capture(lines, log) => {
+                cmd.stderr(Stdio::piped());
+                (lines, Some(log))
+            }
+        };
+        let mut child = cmd.spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        let stdout = Lines::default();
+        let out_pipe = child.stdout.take().context("child stdout was not piped")?;
+        stdout.drain(out_pipe, format!("{name} stdout"), None)?;
+        if let Some(log) = err_log {
+            let err_pipe = child.stderr.take().context("child stderr was not piped")?;
+            err_lines.drain(err_pipe, name.to_string(), log)?;
+        }
+        Ok(Proc {
+            child,
+            name: name.to_string(),
+            status: None,
+            stdout,
+            stderr: err_lines,
+        })
+    }
+
+    /// Start `cmd` as [`Proc::start`] and wait up to `within` for a stdout line starting with
+    /// `ready_prefix`; returns the process and that line. `log` is read into the error if the
+    /// child exits or stays silent.
+    pub async fn spawn(
         name: &str,
-        mut cmd: Command,
+        cmd: Command,
         ready_prefix: &str,
         within: Duration,
         log: Option<&Path>,
     ) -> anyhow::Result<(Proc, String)> {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        let mut child = cmd.spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
-        let stdout = child.stdout.take().context("child stdout was not piped")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        {
-            let lines = lines.clone();
-            let name = name.to_string();
-            let echo = verbose();
-            std::thread::Builder::new()
-                .name(format!("{name}-stdout"))
-                .spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        let Ok(line) = line else { break };
-                        if echo {
-                            eprintln!("[{name} stdout] {line}");
-                        }
-                        lines.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
-                        // The receiver goes away once the ready line was seen: keep draining.
-                        let _ = tx.send(line);
-                    }
-                })
-                .context("spawning the stdout reader thread")?;
-        }
-        let mut proc = Proc {
-            child,
-            name: name.to_string(),
-            stdout: lines,
-        };
+        let mut proc = Proc::start(name, cmd, Stderr::AsSet)?;
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, rx.recv()).await {
-                Ok(Some(line)) if line.starts_with(ready_prefix) => return Ok((proc, line)),
-                Ok(Some(_)) => continue,
-                Ok(None) => {
-                    // stdout closed: the child is exiting; give it a moment to be reaped.
-                    let status = proc.wait_exit(Duration::from_secs(2)).await;
-                    anyhow::bail!(
-                        "{name} exited before printing {ready_prefix:?} (status: {status:?}){}",
-                        log_excerpt(log)
-                    );
-                }
-                Err(_) => {
-                    proc.kill();
-                    anyhow::bail!(
-                        "{name} did not print {ready_prefix:?} within {within:?}{}",
-                        log_excerpt(log)
-                    );
-                }
+            let tick = left.min(Duration::from_millis(50));
+            if let Some((_, line)) = proc.stdout.wait(None, tick, |l| l.starts_with(ready_prefix)).await {
+                return Ok((proc, line));
+            }
+            if let Some(status) = proc.try_status()? {
+                anyhow::bail!(
+                    "{name} exited before printing {ready_prefix:?} (status: {status}){}",
+                    log_excerpt(log)
+                );
+            }
+            if left.is_zero() {
+                proc.kill();
+                anyhow::bail!(
+                    "{name} did not print {ready_prefix:?} within {within:?}{}",
+                    log_excerpt(log)
+                );
             }
         }
     }
 
     /// Process id.
-    pub(crate) fn id(&self) -> u32 {
+    pub fn id(&self) -> u32 {
         self.child.id()
     }
 
+    /// Process id, `None` once it was seen to exit (and was reaped).
+    pub fn live_id(&self) -> Option<u32> {
+        self.status.is_none().then(|| self.child.id())
+    }
+
+    /// The exit status once it has exited (reaps it); `None` while it runs.
+    pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name))?;
+        }
+        Ok(self.status)
+    }
+
     /// Still running?
-    pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.try_status(), Ok(None))
+    }
+
+    /// Send `sig` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
+        anyhow::ensure!(self.status.is_none(), "{} already exited", self.name);
+        signal(self.child.id(), sig)
     }
 
     /// SIGKILL and reap.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
         // Err means it already exited: reaping below still applies.
         let _ = self.child.kill();
-        if let Err(e) = self.child.wait() {
-            eprintln!("reaping {}: {e}", self.name);
+        match self.child.wait() {
+            Ok(status) => self.status = Some(status),
+            Err(e) => eprintln!("reaping {}: {e}", self.name),
         }
     }
 
-    pub(crate) async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+    /// Wait up to `within` for the exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.try_status() {
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -119,8 +273,8 @@ impl Proc {
     }
 
     /// SIGTERM, then wait up to `within` for the exit; SIGKILL and fail after that.
-    pub(crate) async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        signal(self.child.id(), libc::SIGTERM)?;
+    pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
         match self.wait_exit(within).await {
             Some(status) => Ok(status),
             None => {
