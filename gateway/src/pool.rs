@@ -730,6 +730,15 @@ mod tests {
         Arc::new(Pool::new(signers, REQUEST_TIMEOUT, health(rise, fall), metrics))
     }
 
+    /// A pool whose signers were each probed once (up, if they answer).
+    async fn probed(fakes: &[&Fake], rise: u32, fall: u32) -> Arc<Pool> {
+        let pool = pool(fakes, rise, fall);
+        for s in pool.signers() {
+            pool.probe(s).await;
+        }
+        pool
+    }
+
     /// A request that any answer ends; returns who answered.
     async fn ask(pool: &Pool) -> Result<String, PoolError> {
         pool.request(Method::GET, "/x", Bytes::new(), |a| Verdict::Done(a.status))
@@ -765,10 +774,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failed_requests_move_on_and_take_the_signer_down_at_once() {
         let (a, b) = (Fake::new(), Fake::new());
-        let pool = pool(&[&a, &b], 2, 3);
-        for s in pool.signers() {
-            pool.probe(s).await;
-        }
+        let pool = probed(&[&a, &b], 2, 3).await;
         a.set(Behaviour::Status(503));
         assert_eq!(ask(&pool).await.unwrap(), "s1", "a 5xx fails over within the request");
         assert_eq!(
@@ -785,10 +791,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_in_flight_moves_on_the_moment_its_signer_goes_down() {
         let (a, b) = (Fake::new(), Fake::new());
-        let pool = pool(&[&a, &b], 1, 1);
-        for s in pool.signers() {
-            pool.probe(s).await;
-        }
+        let pool = probed(&[&a, &b], 1, 1).await;
         a.set(Behaviour::Hang);
         let started = tokio::time::Instant::now();
         let request = {
@@ -809,10 +812,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hung_signer_costs_one_request_timeout_then_the_next_answers() {
         let (a, b) = (Fake::new(), Fake::new());
-        let pool = pool(&[&a, &b], 1, 1);
-        for s in pool.signers() {
-            pool.probe(s).await;
-        }
+        let pool = probed(&[&a, &b], 1, 1).await;
         a.set(Behaviour::Hang);
         let started = tokio::time::Instant::now();
         assert_eq!(ask(&pool).await.unwrap(), "s1");
