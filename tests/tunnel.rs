@@ -22,6 +22,7 @@ use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
 use testkit::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
 use testkit::ssh_client::{ssh_bin, ssh_keygen_bin, SshClient, SshKey, ALLOCATED};
 use testkit::test_signer::{seed, TestSigner, TestSignerHandle, TestSignerOptions};
+use testkit::traffic::{Served, Signed};
 
 /// `request_timeout` in the config.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,23 +62,6 @@ log_format: text
         KEEPALIVE_INTERVAL.as_millis(),
         REQUEST_TIMEOUT.as_millis(),
     )
-}
-
-/// Who signed a payload, going by the signers' `last_sign_hex`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Served {
-    Pi,
-    Backup,
-    Neither,
-}
-
-/// One sign through the gateway.
-#[derive(Debug)]
-struct Signed {
-    status: StatusCode,
-    body: Value,
-    took: Duration,
-    by: Served,
 }
 
 struct Rig {

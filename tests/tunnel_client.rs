@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use http::StatusCode;
 use serde_json::Value;
 use signer_gateway::tezos::Pkh;
 use tempfile::TempDir;
@@ -36,6 +35,7 @@ use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
 use testkit::harness::{attestation, eventually, Client, Gateway, TestSignerProcess, TEST_CHAIN};
 use testkit::ssh_client::SshKey;
 use testkit::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
+use testkit::traffic::{Served, Signed, Traffic};
 use testkit::tunnel_harness::{run_to_end, target_dir, tunnel_command, Finished, TunnelClient, TunnelConfig};
 
 /// Gateway `request_timeout`: a failover that waited for it would show.
@@ -96,106 +96,6 @@ log_format: text
         GW_KEEPALIVE_INTERVAL.as_millis(),
         REQUEST_TIMEOUT.as_millis(),
     )
-}
-
-/// Who signed a payload, going by the signers' `last_sign_hex`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Served {
-    Pi,
-    Backup,
-    Neither,
-}
-
-/// One sign through the gateway.
-#[derive(Debug)]
-struct Signed {
-    status: StatusCode,
-    body: Value,
-    took: Duration,
-    by: Served,
-}
-
-impl Signed {
-    fn ok(&self) -> bool {
-        self.status == StatusCode::OK && self.body["signature"].as_str().is_some_and(|s| s.starts_with("edsig"))
-    }
-}
-
-/// Requests sent during a phase, with when each was sent (from the phase's start).
-#[derive(Default)]
-struct Traffic {
-    sent: Vec<(Duration, anyhow::Result<Signed>)>,
-}
-
-impl Traffic {
-    fn record(&mut self, at: Duration, r: anyhow::Result<Signed>) {
-        self.sent.push((at, r));
-    }
-
-    fn len(&self) -> usize {
-        self.sent.len()
-    }
-
-    /// Requests not answered 200 with a signature (and by whom), as text.
-    fn failures(&self) -> Vec<String> {
-        self.sent
-            .iter()
-            .filter_map(|(at, r)| match r {
-                Ok(s) if s.ok() && s.by != Served::Neither => None,
-                Ok(s) => Some(format!("at {at:?}: {} {} (by {:?})", s.status, s.body, s.by)),
-                Err(e) => Some(format!("at {at:?}: {e:#}")),
-            })
-            .collect()
-    }
-
-    fn count(&self, by: Served) -> usize {
-        self.sent
-            .iter()
-            .filter(|(_, r)| r.as_ref().is_ok_and(|s| s.by == by))
-            .count()
-    }
-
-    /// Requests slower than `bound`, as text.
-    fn slower_than(&self, bound: Duration) -> Vec<String> {
-        self.sent
-            .iter()
-            .filter_map(|(at, r)| match r {
-                Ok(s) if s.took > bound => Some(format!("at {at:?}: took {:?} (by {:?})", s.took, s.by)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn slowest(&self) -> Duration {
-        self.sent
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok().map(|s| s.took))
-            .max()
-            .unwrap_or_default()
-    }
-
-    /// Fail unless every request got a signature.
-    fn ensure_all_ok(&self, phase: &str) -> anyhow::Result<()> {
-        let failures = self.failures();
-        anyhow::ensure!(
-            failures.is_empty(),
-            "{phase}: {} of {} requests failed: {failures:?}",
-            failures.len(),
-            self.len()
-        );
-        Ok(())
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "{} requests, {} failed, {} by pi, {} by backup, slowest {:?}",
-            self.len(),
-            self.failures().len(),
-            self.count(Served::Pi),
-            self.count(Served::Backup),
-            self.slowest()
-        )
-    }
 }
 
 struct Rig {
@@ -918,12 +818,7 @@ async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<(
         "expected one logged uplink switch, got {:?}",
         switches
     );
-    let last_pi = traffic
-        .sent
-        .iter()
-        .rev()
-        .take(3)
-        .all(|(_, r)| r.as_ref().is_ok_and(|s| s.by == Served::Pi));
+    let last_pi = traffic.last_served_by(3, Served::Pi);
     anyhow::ensure!(
         last_pi,
         "pi does not serve after the switch back: {}",

@@ -10,6 +10,7 @@
 //! - [`tunnel_harness`]: the real `signer-tunnel` binary, its config and log.
 //! - [`ssh_client`]: stock OpenSSH clients (`ssh -R`) and keys.
 //! - [`fault_proxy`]: a TCP proxy that blackholes, resets, delays and freezes links.
+//! - [`traffic`]: what the tunnel tests send during a phase and who answered.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod fault_proxy;
 pub mod harness;
 pub mod ssh_client;
 pub mod test_signer;
+pub mod traffic;
 pub mod tunnel_harness;
 
 /// One end-to-end test on a fresh rig: `$rig::start()` (an `async fn() -> anyhow::Result<$rig>`),
