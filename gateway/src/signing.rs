@@ -186,9 +186,8 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
-/// What identifies one signature in flight: the mark, the digest of the bytes and the BLS
-/// scheme (always proof of possession for other curves, where `version` changes nothing).
-type FlightKey = (MarkKey, [u8; 32], BlsScheme);
+/// What identifies one signature in flight: the mark and the digest of the bytes.
+type FlightKey = (MarkKey, [u8; 32]);
 
 /// The answer of a signature in flight, once there is one.
 type FlightResult = Option<Result<Signed, SignError>>;
@@ -198,7 +197,9 @@ type FlightResult = Option<Result<Signed, SignError>>;
 /// bytes twice).
 #[derive(Default)]
 struct InFlight {
-    map: Mutex<HashMap<FlightKey, tokio::sync::watch::Receiver<FlightResult>>>,
+    /// Each with the BLS scheme it is signed under (for other curves `version` changes
+    /// nothing, and it is always proof of possession).
+    map: Mutex<HashMap<FlightKey, (BlsScheme, tokio::sync::watch::Receiver<FlightResult>)>>,
 }
 
 /// Removes a signature's in-flight entry however its request ends (answered, failed, or
@@ -413,17 +414,18 @@ impl Signing {
             round: c.round,
             digest: blake2b_256(bytes),
         };
-        let flight_key = (
-            req.key,
-            req.digest,
-            if pkh.curve == Curve::Bls {
-                scheme
-            } else {
-                BlsScheme::ProofOfPossession
-            },
-        );
+        let flight_key = (req.key, req.digest);
+        // For tz1/tz2/tz3 the version changes nothing: one flight whatever it says.
+        let scheme_key = if pkh.curve == Curve::Bls {
+            scheme
+        } else {
+            BlsScheme::ProofOfPossession
+        };
         loop {
-            let tx = match self.check_or_join(&req, flight_key, &pk, bytes, scheme).await? {
+            let tx = match self
+                .check_or_join(&req, flight_key, &pk, bytes, scheme, scheme_key)
+                .await?
+            {
                 Checked::Cached(signed) => return Ok(signed),
                 Checked::Lead(tx) => tx,
                 Checked::Join(mut rx) => {
@@ -461,16 +463,27 @@ impl Signing {
         pk: &PublicKey,
         bytes: &[u8],
         scheme: BlsScheme,
+        scheme_key: BlsScheme,
     ) -> Result<Checked, SignError> {
         let _guard = self.locks.lock(req.key).await;
-        if let Some(rx) = self
+        let in_flight = self
             .flights
             .map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&flight_key)
-        {
-            return Ok(Checked::Join(rx.clone()));
+            .cloned();
+        if let Some((flying, rx)) = in_flight {
+            // The same tz4 bytes being signed under the other scheme: signing them again
+            // would release a second, different signature of one operation.
+            if flying != scheme_key {
+                return Err(SignError::OtherScheme {
+                    pkh: req.key.pkh,
+                    signed: flying.as_str(),
+                    asked: scheme.as_str(),
+                });
+            }
+            return Ok(Checked::Join(rx));
         }
         let checked = Instant::now();
         let outcome = self.store.check_and_record(req).await;
@@ -500,7 +513,7 @@ impl Signing {
             .map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(flight_key, rx);
+            .insert(flight_key, (scheme_key, rx));
         Ok(Checked::Lead(tx))
     }
 
@@ -815,6 +828,35 @@ mod tests {
         // And a conflicting one at that level is refused, not queued behind anything.
         let e = signing.sign(pkh, attestation(20, 2), None).await.unwrap_err();
         assert!(matches!(e, SignError::Watermark(_)), "{e:?}");
+    }
+
+    /// Identical tz4 bytes asked for under both schemes at once: one signature only; the
+    /// request for the other scheme is refused while the first is in flight, and after.
+    #[tokio::test(start_paused = true)]
+    async fn one_operation_never_gets_signatures_under_both_schemes() {
+        let fake = Fake::bls();
+        let signing = signing(&fake).await;
+        fake.set(Behaviour::Slow(SIGNER_DELAY));
+        let pkh = fake.public_key().hash();
+        let mut bytes = attestation(40, 1).to_vec();
+        // The tz4 layout: tag 41, no slot.
+        bytes[37] = 41;
+        bytes.drain(38..40);
+        let bytes = Bytes::from(bytes);
+        let aug = {
+            let (signing, bytes) = (Arc::clone(&signing), bytes.clone());
+            tokio::spawn(async move { signing.sign(pkh, bytes, Some("version=1")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let e = signing.sign(pkh, bytes.clone(), Some("version=2")).await.unwrap_err();
+        assert!(matches!(e, SignError::OtherScheme { .. }), "{e:?}");
+        let signed = aug.await.unwrap().unwrap();
+        fake.public_key()
+            .verify_as(&bytes, &signed.signature, BlsScheme::Augmented)
+            .unwrap();
+        let e = signing.sign(pkh, bytes.clone(), None).await.unwrap_err();
+        assert!(matches!(e, SignError::OtherScheme { .. }), "{e:?}");
+        assert_eq!(fake.signs(), 1);
     }
 
     /// A leader whose client goes away before its signer answers does not strand the

@@ -30,13 +30,21 @@ pub(crate) enum Behaviour {
     Hang,
 }
 
-/// A signer in memory holding one ed25519 key; counts the requests it gets.
+/// The key a [`Fake`] signs with.
+#[derive(Clone)]
+enum Key {
+    Ed25519(ed25519_dalek::SigningKey),
+    Bls(blst::min_pk::SecretKey),
+}
+
+/// A signer in memory holding one key (ed25519, or BLS signing under the scheme the
+/// request's `version` asks for); counts the requests it gets.
 #[derive(Clone)]
 pub(crate) struct Fake {
     behaviour: Arc<Mutex<Behaviour>>,
     requests: Arc<AtomicUsize>,
     signs: Arc<AtomicUsize>,
-    key: ed25519_dalek::SigningKey,
+    key: Key,
 }
 
 impl Fake {
@@ -45,7 +53,16 @@ impl Fake {
             behaviour: Arc::new(Mutex::new(Behaviour::Ok)),
             requests: Arc::new(AtomicUsize::new(0)),
             signs: Arc::new(AtomicUsize::new(0)),
-            key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            key: Key::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[7; 32])),
+        }
+    }
+
+    /// A tz4 signer.
+    pub(crate) fn bls() -> Fake {
+        let sk = blst::min_pk::SecretKey::key_gen(&[9; 32], &[]).unwrap();
+        Fake {
+            key: Key::Bls(sk),
+            ..Fake::new()
         }
     }
 
@@ -63,10 +80,27 @@ impl Fake {
     }
 
     pub(crate) fn public_key(&self) -> PublicKey {
-        PublicKey::Ed25519(self.key.verifying_key().to_bytes())
+        match &self.key {
+            Key::Ed25519(k) => PublicKey::Ed25519(k.verifying_key().to_bytes()),
+            Key::Bls(sk) => PublicKey::Bls(crate::tezos::BlsPublicKey::from_bytes(&sk.sk_to_pk().compress()).unwrap()),
+        }
     }
 
-    async fn answer(&self, method: Method, body: Bytes) -> Response<Full<Bytes>> {
+    fn sign(&self, bytes: &[u8], scheme: crate::tezos::BlsScheme) -> String {
+        match &self.key {
+            Key::Ed25519(k) => tezos::encode_ed25519_signature(&k.sign(&tezos::blake2b_256(bytes)).to_bytes()),
+            Key::Bls(sk) => {
+                let pk = sk.sk_to_pk().compress();
+                let aug: &[u8] = match scheme {
+                    crate::tezos::BlsScheme::Augmented => &pk,
+                    crate::tezos::BlsScheme::ProofOfPossession => &[],
+                };
+                tezos::encode_bls_signature(&sk.sign(bytes, scheme.dst(), aug).compress())
+            }
+        }
+    }
+
+    async fn answer(&self, method: Method, query: Option<String>, body: Bytes) -> Response<Full<Bytes>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let behaviour = *self.behaviour.lock().unwrap();
         let status = match behaviour {
@@ -82,8 +116,11 @@ impl Fake {
             self.signs.fetch_add(1, Ordering::SeqCst);
             let text: String = serde_json::from_slice(&body).unwrap_or_default();
             let bytes = hex::decode(text.trim()).unwrap_or_default();
-            let sig = self.key.sign(&tezos::blake2b_256(&bytes));
-            serde_json::json!({ "signature": tezos::encode_ed25519_signature(&sig.to_bytes()) })
+            let scheme = match query.as_deref() {
+                Some(q) if q.contains("version=1") => crate::tezos::BlsScheme::Augmented,
+                _ => crate::tezos::BlsScheme::ProofOfPossession,
+            };
+            serde_json::json!({ "signature": self.sign(&bytes, scheme) })
         } else {
             serde_json::json!({ "public_key": self.public_key().to_string() })
         };
@@ -102,13 +139,14 @@ impl Connect for Fake {
                 let fake = fake.clone();
                 async move {
                     let method = req.method().clone();
+                    let query = req.uri().query().map(str::to_string);
                     let body = req
                         .into_body()
                         .collect()
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    Ok::<_, std::convert::Infallible>(fake.answer(method, body).await)
+                    Ok::<_, std::convert::Infallible>(fake.answer(method, query, body).await)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
