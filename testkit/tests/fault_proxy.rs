@@ -76,6 +76,16 @@ async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
     got
 }
 
+/// Wait until the proxy holds no connection any more.
+async fn all_closed(proxy: &FaultProxy) {
+    eventually(Duration::from_secs(2), "connections closed", || async {
+        anyhow::ensure!(proxy.connections() == 0, "{proxy:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
 /// Nothing arrives on `s` for [`QUIET`] (and the connection is not closed).
 async fn stays_quiet(s: &mut TcpStream) {
     let mut buf = [0u8; 16];
@@ -99,12 +109,7 @@ async fn pass_forwards_and_counts() {
     c.shutdown().await.unwrap();
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).await.unwrap();
-    eventually(Duration::from_secs(2), "connection closed", || async {
-        anyhow::ensure!(proxy.connections() == 0, "{proxy:?}");
-        Ok(())
-    })
-    .await
-    .unwrap();
+    all_closed(&proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,12 +320,7 @@ async fn delay_costs_a_handshake_then_a_round_trip_per_exchange() {
         .expect("closed within 5 s")
         .unwrap();
     assert_eq!(rest, b"bye");
-    eventually(Duration::from_secs(2), "connection closed", || async {
-        anyhow::ensure!(proxy.connections() == 0, "{proxy:?}");
-        Ok(())
-    })
-    .await
-    .unwrap();
+    all_closed(&proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
