@@ -24,9 +24,11 @@ use crate::tezos::{ChainId, Pkh};
 
 mod file;
 mod memory;
+mod octez;
 
 pub use file::{durable_write, FileStore, IfMissing, OpenError};
 pub use memory::MemoryStore;
+pub use octez::{read_octez_dir, OctezErrorKind, OctezImportError, OctezMarkProblem, OCTEZ_FILES, OCTEZ_FILE_LIMIT};
 
 /// What a watermark is kept for: one (chain, key, kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
