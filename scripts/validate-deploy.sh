@@ -1542,7 +1542,8 @@ for status, name, note in results:
         print(f"  {status}  {name}: {note}")
 print("  not validated here: the image build itself (no container engine: the Dockerfile is checked\n"
       "  statically), admission by a real API server (CRD schemas of the installed Prometheus\n"
-      "  Operator, storage classes, cloud load balancer behaviour), Grafana rendering the dashboard")
+      "  Operator and cert-manager, storage classes, cloud load balancer behaviour), cert-manager\n"
+      "  issuing the certificates, the etcd members forming a cluster, Grafana rendering the dashboard")
 print(f"  {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in {elapsed:.0f}s: "
       + ("deploy validation FAILED" if counts["FAIL"] else "deploy files OK"))
 sys.exit(1 if counts["FAIL"] else 0)
