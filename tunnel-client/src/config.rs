@@ -14,10 +14,16 @@ pub use signer_common::{ConfigError, LogFormat};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Gateway SSH addresses (`host:port`), tried in order.
-    pub gateways: Vec<String>,
+    /// SSH addresses (`host:port`) of one gateway, tried in order. Exactly one of `gateways`
+    /// and `replicas`.
+    #[serde(default)]
+    pub gateways: Option<Vec<String>>,
+    /// Several gateway replicas, each kept connected at once by its own session.
+    #[serde(default)]
+    pub replicas: Option<Vec<ReplicaConfig>>,
     /// The gateway's host key, pinned: an OpenSSH public key line (`ssh-ed25519 AAAA…`) or
-    /// its SHA256 fingerprint (`SHA256:…`, as the gateway prints it at start).
+    /// its SHA256 fingerprint (`SHA256:…`, as the gateway prints it at start). With
+    /// `replicas`, the pin of every replica that does not set its own.
     #[serde(default)]
     pub host_key: Option<String>,
     /// Trust on first use: only when set, and only if `host_key` is not. The first key seen
@@ -66,6 +72,22 @@ pub struct Config {
     /// text or json.
     #[serde(default)]
     pub log_format: LogFormat,
+}
+
+/// One gateway replica: a gateway process of its own, with its own SSH host key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Name in logs and the status line (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// SSH addresses (`host:port`) of this replica, tried in order.
+    pub addresses: Vec<String>,
+    /// This replica's host key pin (default: the top-level `host_key`).
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Trust on first use for this replica, remembered in this file (instead of `host_key`).
+    #[serde(default)]
+    pub trust_on_first_use: Option<PathBuf>,
 }
 
 /// One uplink: an interface to bind to, or a source address.
@@ -250,13 +272,24 @@ pub struct Uplink {
     pub source: Option<IpAddr>,
 }
 
+/// A gateway replica, resolved: one supervisor keeps one session to it.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// For logs and the status line (`gateway` for a `gateways:` list).
+    pub name: String,
+    /// SSH addresses, tried in order.
+    pub addresses: Vec<String>,
+    /// Host key pin.
+    pub pin: HostKeyPin,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The parsed file.
     pub config: Config,
-    /// Host key pin.
-    pub pin: HostKeyPin,
+    /// The replicas to keep a session to, each (one for a `gateways:` list).
+    pub replicas: Vec<Replica>,
     /// Uplinks in preference order (one unbound uplink when none are configured).
     pub uplinks: Vec<Uplink>,
     /// Remote forward address and port.
@@ -275,30 +308,34 @@ impl Config {
     }
 
     fn validate(self) -> Result<Settings, ConfigError> {
-        if self.gateways.is_empty() {
-            return Err(invalid("gateways", "at least one gateway address is required"));
-        }
-        for (i, g) in self.gateways.iter().enumerate() {
-            check_host_port(g).map_err(|m| invalid(format!("gateways[{i}]"), m))?;
-        }
-        check_host_port(&self.signer).map_err(|m| invalid("signer", m))?;
-        let pin = match (&self.host_key, &self.trust_on_first_use) {
-            (Some(k), None) => parse_pin(k)?,
-            (None, Some(path)) => HostKeyPin::FirstUse(path.clone()),
+        let top_pin = match (&self.host_key, &self.trust_on_first_use) {
+            (Some(k), None) => Some(parse_pin("host_key", k)?),
+            (None, Some(path)) => Some(HostKeyPin::FirstUse(path.clone())),
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "trust_on_first_use",
                     "set either host_key or trust_on_first_use, not both",
                 ))
             }
+            (None, None) => None,
+        };
+        let replicas = match (&self.gateways, &self.replicas) {
+            (Some(gateways), None) => vec![single_gateway(gateways, top_pin)?],
+            (None, Some(replicas)) => resolve_replicas(replicas, top_pin.as_ref())?,
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "replicas",
+                    "set either gateways (the addresses of one gateway) or replicas (several gateways), not both",
+                ))
+            }
             (None, None) => {
                 return Err(invalid(
-                    "host_key",
-                    "required: the gateway's host key or its SHA256 fingerprint (trust on first use only \
-                     with an explicit trust_on_first_use: <file>)",
+                    "gateways",
+                    "required: the gateway's SSH address(es), or `replicas` for several gateways",
                 ))
             }
         };
+        check_host_port(&self.signer).map_err(|m| invalid("signer", m))?;
         let (fwd_host, fwd_port) = self
             .remote_forward
             .rsplit_once(':')
@@ -368,14 +405,94 @@ impl Config {
         let forward = (fwd_host.to_string(), fwd_port);
         Ok(Settings {
             config: self,
-            pin,
+            replicas,
             uplinks,
             forward,
         })
     }
 }
 
-fn parse_pin(s: &str) -> Result<HostKeyPin, ConfigError> {
+/// A `gateways:` list: the addresses of one gateway, as one replica named `gateway`.
+fn single_gateway(gateways: &[String], pin: Option<HostKeyPin>) -> Result<Replica, ConfigError> {
+    if gateways.is_empty() {
+        return Err(invalid("gateways", "at least one gateway address is required"));
+    }
+    for (i, g) in gateways.iter().enumerate() {
+        check_host_port(g).map_err(|m| invalid(format!("gateways[{i}]"), m))?;
+    }
+    let pin = pin.ok_or_else(|| {
+        invalid(
+            "host_key",
+            "required: the gateway's host key or its SHA256 fingerprint (trust on first use only \
+             with an explicit trust_on_first_use: <file>)",
+        )
+    })?;
+    Ok(Replica {
+        name: "gateway".into(),
+        addresses: gateways.to_vec(),
+        pin,
+    })
+}
+
+/// A `replicas:` list: names unique, every address listed once, a pin for each.
+fn resolve_replicas(replicas: &[ReplicaConfig], top_pin: Option<&HostKeyPin>) -> Result<Vec<Replica>, ConfigError> {
+    if replicas.is_empty() {
+        return Err(invalid("replicas", "at least one replica is required"));
+    }
+    let mut out: Vec<Replica> = Vec::with_capacity(replicas.len());
+    for (i, r) in replicas.iter().enumerate() {
+        let field = |name: &str| format!("replicas[{i}].{name}");
+        let name_ok = !r.name.is_empty()
+            && r.name.len() <= 64
+            && r.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name_ok {
+            return Err(invalid(field("name"), "1-64 letters, digits, '.', '_' or '-'"));
+        }
+        if out.iter().any(|o| o.name == r.name) {
+            return Err(invalid(field("name"), format!("{:?} names two replicas", r.name)));
+        }
+        if r.addresses.is_empty() {
+            return Err(invalid(field("addresses"), "at least one address is required"));
+        }
+        for (j, a) in r.addresses.iter().enumerate() {
+            let at = field(&format!("addresses[{j}]"));
+            check_host_port(a).map_err(|m| invalid(at.clone(), m))?;
+            // Two sessions to one gateway would take the route from each other.
+            if let Some(other) = out.iter().find(|o| o.addresses.contains(a)) {
+                return Err(invalid(
+                    at,
+                    format!("{a} is also an address of replica {:?}", other.name),
+                ));
+            }
+        }
+        let pin = match (&r.host_key, &r.trust_on_first_use) {
+            (Some(k), None) => parse_pin(&field("host_key"), k)?,
+            (None, Some(path)) => HostKeyPin::FirstUse(path.clone()),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    field("trust_on_first_use"),
+                    "set either host_key or trust_on_first_use, not both",
+                ))
+            }
+            (None, None) => top_pin.cloned().ok_or_else(|| {
+                invalid(
+                    field("host_key"),
+                    "required: this replica's host key or SHA256 fingerprint, here or as the top-level host_key",
+                )
+            })?,
+        };
+        out.push(Replica {
+            name: r.name.clone(),
+            addresses: r.addresses.clone(),
+            pin,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_pin(field: &str, s: &str) -> Result<HostKeyPin, ConfigError> {
     let s = s.trim();
     if let Some(b64) = s.strip_prefix("SHA256:") {
         if b64.is_empty()
@@ -383,18 +500,13 @@ fn parse_pin(s: &str) -> Result<HostKeyPin, ConfigError> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')
         {
-            return Err(invalid("host_key", "not a SHA256 fingerprint (SHA256:<base64>)"));
+            return Err(invalid(field, "not a SHA256 fingerprint (SHA256:<base64>)"));
         }
         return Ok(HostKeyPin::Fingerprint(s.trim_end_matches('=').to_string()));
     }
     PublicKey::from_openssh(s)
         .map(|k| HostKeyPin::Key(Box::new(k)))
-        .map_err(|e| {
-            invalid(
-                "host_key",
-                format!("neither SHA256:… nor an OpenSSH public key line: {e}"),
-            )
-        })
+        .map_err(|e| invalid(field, format!("neither SHA256:… nor an OpenSSH public key line: {e}")))
 }
 
 #[cfg(test)]
@@ -417,9 +529,11 @@ mod tests {
         assert_eq!(s.forward, ("127.0.0.1".to_string(), 6732));
         assert_eq!(s.uplinks.len(), 1);
         assert!(s.config.backoff.initial < Duration::from_secs(1));
-        assert!(matches!(s.pin, HostKeyPin::Key(_)));
+        assert!(matches!(s.replicas[0].pin, HostKeyPin::Key(_)));
+        assert_eq!(s.replicas.len(), 1, "a gateways list is one gateway");
+        assert_eq!(s.replicas[0].addresses, ["gw:2222"]);
         let s = Config::parse("gateways: ['gw:2222']\nhost_key: 'SHA256:abc+/='\nidentity: /k\nuplinks: [{interface: eth0}, {source: 10.0.0.2, name: lte}]\n").unwrap();
-        assert!(matches!(&s.pin, HostKeyPin::Fingerprint(f) if f == "SHA256:abc+/"));
+        assert!(matches!(&s.replicas[0].pin, HostKeyPin::Fingerprint(f) if f == "SHA256:abc+/"));
         assert_eq!(s.uplinks[1].name, "lte");
     }
 
@@ -450,11 +564,77 @@ mod tests {
                 "gateways: ['gw:1']\nhost_key: 'SHA256:a'\nidentity: /k\nsigner: nope\n",
                 "signer",
             ),
+            ("host_key: 'SHA256:a'\nidentity: /k\n", "gateways"),
+            (
+                "gateways: ['gw:1']\nreplicas: [{name: a, addresses: ['gw:2']}]\nhost_key: 'SHA256:a'\nidentity: /k\n",
+                "replicas",
+            ),
+            ("replicas: []\nhost_key: 'SHA256:a'\nidentity: /k\n", "replicas"),
+            (
+                "replicas: [{name: 'a b', addresses: ['gw:2']}]\nhost_key: 'SHA256:a'\nidentity: /k\n",
+                "replicas[0].name",
+            ),
+            (
+                "replicas: [{name: a, addresses: ['gw:1']}, {name: a, addresses: ['gw:2']}]\nhost_key: 'SHA256:a'\nidentity: /k\n",
+                "replicas[1].name",
+            ),
+            (
+                "replicas: [{name: a, addresses: []}]\nhost_key: 'SHA256:a'\nidentity: /k\n",
+                "replicas[0].addresses",
+            ),
+            (
+                "replicas: [{name: a, addresses: ['gw:1', 'gw']}]\nhost_key: 'SHA256:a'\nidentity: /k\n",
+                "replicas[0].addresses[1]",
+            ),
+            (
+                "replicas: [{name: a, addresses: ['gw:1']}, {name: b, addresses: ['gw:2', 'gw:1']}]\nhost_key: 'SHA256:a'\nidentity: /k\n",
+                "replicas[1].addresses[1]",
+            ),
+            (
+                "replicas: [{name: a, addresses: ['gw:1'], host_key: 'SHA256:a'}, {name: b, addresses: ['gw:2']}]\nidentity: /k\n",
+                "replicas[1].host_key",
+            ),
+            (
+                "replicas: [{name: a, addresses: ['gw:1'], host_key: 'nope'}]\nidentity: /k\n",
+                "replicas[0].host_key",
+            ),
+            (
+                "replicas: [{name: a, addresses: ['gw:1'], host_key: 'SHA256:a', trust_on_first_use: /x}]\nidentity: /k\n",
+                "replicas[0].trust_on_first_use",
+            ),
+            (
+                "replicas: [{name: a, addresses: ['gw:1'], colour: red}]\nhost_key: 'SHA256:a'\nidentity: /k\n",
+                "colour",
+            ),
         ];
         for (text, field) in cases {
             let e = err(text);
             assert!(e.contains(field), "{field} not named in: {e}");
         }
+    }
+
+    #[test]
+    fn replicas_each_with_their_addresses_and_pin() {
+        let s = Config::parse(&format!(
+            "replicas:\n  - {{name: gw-a, addresses: ['a1:2222', 'a2:2222']}}\n  - {{name: gw-b, addresses: ['b:2222'], host_key: 'SHA256:bbb'}}\n  \
+             - {{name: gw-c, addresses: ['c:2222'], trust_on_first_use: /var/lib/signer-tunnel/gw-c}}\nhost_key: '{KEY}'\nidentity: /k\n"
+        ))
+        .unwrap();
+        let names: Vec<&str> = s.replicas.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["gw-a", "gw-b", "gw-c"]);
+        assert_eq!(s.replicas[0].addresses, ["a1:2222", "a2:2222"], "tried in order");
+        assert!(
+            matches!(s.replicas[0].pin, HostKeyPin::Key(_)),
+            "the top-level pin by default"
+        );
+        assert!(matches!(&s.replicas[1].pin, HostKeyPin::Fingerprint(f) if f == "SHA256:bbb"));
+        assert!(matches!(&s.replicas[2].pin, HostKeyPin::FirstUse(p) if p.ends_with("gw-c")));
+        // Without a top-level pin, every replica needs its own.
+        let s = Config::parse(
+            "replicas: [{name: a, addresses: ['a:1'], host_key: 'SHA256:a'}, {name: b, addresses: ['b:1'], host_key: 'SHA256:b'}]\nidentity: /k\n",
+        )
+        .unwrap();
+        assert_eq!(s.replicas.len(), 2);
     }
 
     #[test]
@@ -471,6 +651,25 @@ mod tests {
         let s = Config::parse(&text).unwrap();
         assert_eq!(s.uplinks.len(), 2);
         assert_eq!(s.uplinks[1].name, "lte");
+
+        // The commented `replicas` example, in place of `gateways`, is valid too.
+        let fingerprint = "SHA256:Kwu6ZfMSPMaaXmY+vMHYeSb37lRVBsLMTWXTz+6dzBE";
+        let replicas: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# replicas:"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let gateways = "gateways:\n  - gateway.example.net:2222\n";
+        assert!(text.contains(gateways) && !replicas.is_empty());
+        let text = text
+            .replace(gateways, &replicas)
+            .replace("SHA256:REPLACE_WITH_GW_A_FINGERPRINT", fingerprint)
+            .replace("SHA256:REPLACE_WITH_GW_B_FINGERPRINT", fingerprint);
+        let s = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let names: Vec<&str> = s.replicas.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["gw-a", "gw-b"]);
+        assert_eq!(s.replicas[1].addresses.len(), 2);
     }
 
     #[test]

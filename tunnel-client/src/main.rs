@@ -107,11 +107,21 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check { forward } => runtime.block_on(check(settings, key, forward)),
         _ => {
-            info!(identity = %keys::fingerprint(&key), gateways = ?settings.config.gateways, "signer-tunnel starting");
+            let replicas: Vec<String> = settings
+                .replicas
+                .iter()
+                .map(|r| format!("{} ({})", r.name, r.addresses.join(", ")))
+                .collect();
+            info!(identity = %keys::fingerprint(&key), gateways = ?replicas, "signer-tunnel starting");
             let shutdown = CancellationToken::new();
             runtime.spawn(signer_common::cancel_on_signals(shutdown.clone()));
-            runtime.block_on(supervisor::run(settings, key, shutdown));
-            ExitCode::SUCCESS
+            match runtime.block_on(supervisor::run(settings, key, shutdown)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = %e, "signer-tunnel stopped on an internal error");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
 }
@@ -127,7 +137,7 @@ fn default_comment() -> String {
     }
 }
 
-/// Connect once through the first uplink and gateway, printing each step.
+/// Connect once over every uplink to every address of every replica, printing each step.
 async fn check(
     settings: signer_tunnel::config::Settings,
     key: Arc<russh::keys::PrivateKey>,
@@ -148,15 +158,21 @@ async fn check(
         );
     }
     let mut ok = local.is_ok();
-    for (u, uplink) in settings.uplinks.iter().enumerate() {
-        for gw in &cfg.gateways {
-            println!("--   gateway {gw} via uplink {}", uplink.name);
-            let mut step = |s: String| println!("ok   {s}");
-            match Session::connect(&settings, Arc::clone(&key), gw, u, forward, &mut step).await {
-                Ok(session) => session.close("check done").await,
-                Err(e) => {
-                    println!("FAIL {e}");
-                    ok = false;
+    let several = settings.replicas.len() > 1;
+    for replica in &settings.replicas {
+        if several {
+            println!("==   replica {}", replica.name);
+        }
+        for (u, uplink) in settings.uplinks.iter().enumerate() {
+            for gw in &replica.addresses {
+                println!("--   gateway {gw} via uplink {}", uplink.name);
+                let mut step = |s: String| println!("ok   {s}");
+                match Session::connect(&settings, &replica.pin, Arc::clone(&key), gw, u, forward, &mut step).await {
+                    Ok(session) => session.close("check done").await,
+                    Err(e) => {
+                        println!("FAIL {e}");
+                        ok = false;
+                    }
                 }
             }
         }

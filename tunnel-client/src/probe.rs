@@ -1,11 +1,50 @@
-//! Probing the local signer: is it answering HTTP on the configured path?
+//! Probing the local signer: is it answering HTTP on the configured path? One task probes
+//! it for every supervisor ([`track`]): one probe per interval however many gateway replicas,
+//! and one verdict, so every replica withdraws and restores its forward at the same moment.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::HealthCheckConfig;
+
+/// Probe every `hc.interval` (the first one an interval from now: the caller probed once to
+/// start `healthy`), and publish the verdict: down after `hc.fall` failures in a row, up again
+/// after `hc.rise` successes in a row. Runs until dropped.
+pub async fn track<P, Fut>(mut probe: P, hc: &HealthCheckConfig, signer: &str, healthy: watch::Sender<bool>)
+where
+    P: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + hc.interval, hc.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut oks, mut fails) = (0u32, 0u32);
+    loop {
+        tick.tick().await;
+        match probe().await {
+            Ok(()) => {
+                (oks, fails) = (oks.saturating_add(1), 0);
+                if !*healthy.borrow() && oks >= hc.rise {
+                    info!(signer, "local signer answers again");
+                    healthy.send_replace(true);
+                }
+            }
+            Err(why) => {
+                (oks, fails) = (0, fails.saturating_add(1));
+                if *healthy.borrow() && fails >= hc.fall {
+                    warn!(signer, error = %why, "local signer not answering");
+                    healthy.send_replace(false);
+                }
+            }
+        }
+    }
+}
 
 /// GET `path` on the signer at `addr`; Ok when it answers 2xx within `timeout`.
 pub async fn probe(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
@@ -33,5 +72,50 @@ async fn probe_once(addr: &str, path: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Rise and fall counted on consecutive probes, on the paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn down_after_fall_failures_up_after_rise_successes() {
+        let hc = HealthCheckConfig {
+            fall: 2,
+            rise: 3,
+            ..HealthCheckConfig::default()
+        };
+        let answers = Arc::new(AtomicBool::new(true));
+        let (tx, mut rx) = watch::channel(true);
+        let t0 = tokio::time::Instant::now();
+        let probe = {
+            let answers = Arc::clone(&answers);
+            move || {
+                let ok = answers.load(Ordering::Relaxed);
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("refused".to_string())
+                    }
+                }
+            }
+        };
+        let tracker = tokio::spawn(async move { track(probe, &hc, "local", tx).await });
+        // Stops answering just after the 2 s probe: the 3 s and 4 s probes fail, 4 s decides.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        answers.store(false, Ordering::Relaxed);
+        rx.wait_for(|up| !up).await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_secs(4));
+        // Back just after: the 5, 6 and 7 s probes succeed, 7 s decides.
+        answers.store(true, Ordering::Relaxed);
+        rx.wait_for(|up| *up).await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_secs(7));
+        tracker.abort();
     }
 }

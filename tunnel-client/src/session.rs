@@ -2,6 +2,7 @@
 //! authenticate, request the reverse forward, and serve every channel the gateway opens by
 //! connecting it to the local signer.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::config::{HostKeyPin, Settings, Uplink};
+use crate::config::{HostKeyPin, Replica, Settings, Uplink};
 
 /// Time the local signer gets to accept a forwarded connection before the channel is refused
 /// (a refusal makes the gateway fail over at once).
@@ -197,6 +198,11 @@ impl client::Handler for ClientHandler {
 pub struct Closed(Option<oneshot::Receiver<Ended>>);
 
 impl Closed {
+    /// The end signalled through `rx` (a sender dropped without a word is a plain end).
+    pub fn new(rx: oneshot::Receiver<Ended>) -> Closed {
+        Closed(Some(rx))
+    }
+
     /// Wait for the end.
     pub async fn wait(&mut self) -> Ended {
         match &mut self.0 {
@@ -223,8 +229,6 @@ pub struct Session {
     pub uplink_name: String,
     /// Gateway address used.
     pub gateway: String,
-    /// When the session was set up.
-    pub since: Instant,
 }
 
 /// Open a TCP connection to `addr` bound to `uplink`.
@@ -246,11 +250,12 @@ async fn dial(addr: SocketAddr, uplink: &Uplink, settings: &Settings) -> std::io
     socket.connect(addr).await
 }
 
-/// Is any gateway accepting TCP connections over any uplink? A cheap check (a TCP connect,
-/// no SSH handshake) used to cut a long reconnect backoff short when the link comes back.
-pub async fn gateway_reachable(settings: &Settings, within: Duration) -> bool {
+/// Does any address of `replica` accept TCP connections over any uplink? A cheap check (a
+/// TCP connect, no SSH handshake) used to cut a long reconnect backoff short when the link
+/// comes back.
+pub async fn gateway_reachable(settings: &Settings, replica: &Replica, within: Duration) -> bool {
     for up in &settings.uplinks {
-        for gw in &settings.config.gateways {
+        for gw in &replica.addresses {
             let Ok(Ok(addrs)) = tokio::time::timeout(within, tokio::net::lookup_host(gw.as_str())).await else {
                 continue;
             };
@@ -267,10 +272,12 @@ pub async fn gateway_reachable(settings: &Settings, within: Duration) -> bool {
 }
 
 impl Session {
-    /// Dial `gateway` over uplink number `uplink`, authenticate with `key`, and (if
-    /// `forward`) request the remote forward. `progress` hears each step (for `check`).
+    /// Dial `gateway` over uplink number `uplink`, check its host key against `pin`,
+    /// authenticate with `key`, and (if `forward`) request the remote forward. `progress`
+    /// hears each step (for `check`).
     pub async fn connect(
         settings: &Settings,
+        pin: &HostKeyPin,
         key: Arc<PrivateKey>,
         gateway: &str,
         uplink: usize,
@@ -320,7 +327,7 @@ impl Session {
         let mismatch = Arc::new(Mutex::new(None));
         let (closed_tx, closed) = oneshot::channel();
         let handler = ClientHandler {
-            pin: Arc::new(settings.pin.clone()),
+            pin: Arc::new(pin.clone()),
             mismatch: Arc::clone(&mismatch),
             signer: Arc::from(cfg.signer.as_str()),
             closed: Some(closed_tx),
@@ -370,7 +377,6 @@ impl Session {
             uplink,
             uplink_name: up.name,
             gateway: gateway.to_string(),
-            since: Instant::now(),
         };
         if forward {
             tokio::time::timeout(deadline, session.request_forward())
@@ -423,12 +429,90 @@ impl Session {
         Closed(self.closed.take())
     }
 
-    /// Close the session politely.
-    pub async fn close(self, why: &str) {
+    /// Close the session politely (waiting a second at most: a dead path takes no goodbye).
+    pub async fn close(self, why: &'static str) {
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             self.handle.disconnect(russh::Disconnect::ByApplication, why, ""),
         )
         .await;
+    }
+}
+
+impl crate::link::Tunnel for Session {
+    fn uplink(&self) -> usize {
+        self.uplink
+    }
+
+    fn address(&self) -> &str {
+        &self.gateway
+    }
+
+    fn take_closed(&mut self) -> Closed {
+        Session::take_closed(self)
+    }
+
+    fn is_forwarding(&self) -> bool {
+        Session::is_forwarding(self)
+    }
+
+    fn request_forward(&mut self) -> impl Future<Output = Result<(), SessionError>> + Send {
+        Session::request_forward(self)
+    }
+
+    fn cancel_forward(&mut self) -> impl Future<Output = Result<(), SessionError>> + Send {
+        Session::cancel_forward(self)
+    }
+
+    fn ping(&self, within: Duration) -> impl Future<Output = bool> + Send + 'static {
+        Session::ping(self, within)
+    }
+
+    fn close(self, why: &'static str) -> impl Future<Output = ()> + Send + 'static {
+        Session::close(self, why)
+    }
+}
+
+/// Opens SSH sessions to one replica: the production [`Connector`](crate::link::Connector).
+pub struct SshConnector {
+    settings: Arc<Settings>,
+    replica: Arc<Replica>,
+    key: Arc<PrivateKey>,
+}
+
+impl SshConnector {
+    /// Sessions to `replica`, authenticated with `key`.
+    pub fn new(settings: Arc<Settings>, replica: Arc<Replica>, key: Arc<PrivateKey>) -> SshConnector {
+        SshConnector { settings, replica, key }
+    }
+}
+
+impl crate::link::Connector for SshConnector {
+    type Session = Session;
+
+    fn connect(
+        &self,
+        address: &str,
+        uplink: usize,
+        forward: bool,
+    ) -> impl Future<Output = Result<Session, SessionError>> + Send {
+        let key = Arc::clone(&self.key);
+        async move {
+            let mut quiet = |_: String| {};
+            Session::connect(
+                &self.settings,
+                &self.replica.pin,
+                key,
+                address,
+                uplink,
+                forward,
+                &mut quiet,
+            )
+            .await
+        }
+    }
+
+    fn reachable(&self, within: Duration) -> impl Future<Output = bool> + Send {
+        gateway_reachable(&self.settings, &self.replica, within)
     }
 }

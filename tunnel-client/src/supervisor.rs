@@ -1,10 +1,17 @@
-//! The supervisor: keeps one session up, reconnecting with jittered exponential backoff,
-//! preferring the best uplink (make-before-break when a better one works again), and
-//! withdrawing the forward while the local signer does not answer.
+//! The supervisors: one per gateway replica ([`run`] starts them), each keeping one session to
+//! its replica up, reconnecting with jittered exponential backoff, preferring the best uplink
+//! (make-before-break when a better one works again), and withdrawing the forward while the
+//! local signer does not answer. They share the identity, the local signer's health
+//! ([`crate::probe::track`]), the status line ([`crate::status`]) and the watchdog, and nothing
+//! else: a replica that dies costs the others nothing. Each reaches the network through the
+//! [`Connector`] seam, so its tests run in process on paused time.
+//!
+//! One supervisor:
 //!
 //! ```text
-//!   connect (uplinks in preference order, the one that just failed last; while an attempt
-//!     │      is stuck in its handshake, another starts every second: the first wins)
+//!   connect (uplinks in preference order, the one that just failed last, and on each the
+//!     │      replica's addresses in order; while an attempt is stuck in its handshake,
+//!     │      another starts every second: the first wins)
 //!     │ ok                                   │ host key mismatch: error, retry slowly
 //!     ▼                                      │ other error: backoff (0.5 s … 10 s, jittered)
 //!   serving ──── local signer fails `fall` probes ──▶ forward withdrawn (gateway fails over)
@@ -20,17 +27,22 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng as _;
 use russh::keys::PrivateKey;
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument as _};
 
-use crate::config::{BackoffConfig, Settings};
-use crate::notify;
-use crate::probe::probe;
-use crate::session::{Closed, Ended, Session, SessionError};
+use crate::config::{BackoffConfig, Replica, Settings};
+use crate::link::{Connector, Tunnel};
+use crate::notify::{self, Heartbeat};
+use crate::probe::{probe, track};
+use crate::session::{Closed, Ended, SessionError, SshConnector};
+use crate::status::{Board, State};
 
 /// Jittered exponential backoff.
 pub struct Backoff {
@@ -69,66 +81,92 @@ pub fn uplink_order(count: usize, failed: Option<usize>) -> Vec<usize> {
     order
 }
 
-/// Counters shown in logs and the systemd status line.
+/// Keep a session to every replica until `shutdown` fires: one supervisor each, sharing the
+/// identity, the local signer's health, the status line and the watchdog. Returns once every
+/// supervisor closed its session; an error only if one panicked (the process should exit).
+pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: CancellationToken) -> Result<(), JoinError> {
+    let settings = Arc::new(settings);
+    let board = Board::new(settings.replicas.iter().map(|r| r.name.clone()).collect());
+    let connectors = settings
+        .replicas
+        .iter()
+        .map(|r| SshConnector::new(Arc::clone(&settings), Arc::new(r.clone()), Arc::clone(&key)))
+        .collect();
+    let local = Arc::clone(&settings);
+    let probe_local = move || {
+        let local = Arc::clone(&local);
+        async move {
+            let cfg = &local.config;
+            probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout).await
+        }
+    };
+    run_with(settings, board, connectors, probe_local, shutdown).await
+}
+
+/// [`run`] with the network (`connectors`, one per replica, in order) and the local signer's
+/// probe given: what the tests drive.
+pub async fn run_with<C, P, Fut>(
+    settings: Arc<Settings>,
+    board: Board,
+    connectors: Vec<C>,
+    probe_local: P,
+    shutdown: CancellationToken,
+) -> Result<(), JoinError>
+where
+    C: Connector,
+    P: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let mut probe_local = probe_local;
+    // Ready as soon as the supervisors run: whether they forward is STATUS, not readiness, so
+    // a Pi that boots with its signer locked or no uplink yet is not restarted by systemd.
+    notify::ready();
+    let (watchdog, hearts) = notify::Watchdog::from_env(settings.replicas.len());
+    let first = probe_local().await.is_ok();
+    let (healthy, signer) = watch::channel(first);
+    // Aborted when dropped, once the supervisors are done.
+    let mut background = JoinSet::new();
+    background.spawn(watchdog.run());
+    let hc = settings.config.health_check.clone();
+    let local = settings.config.signer.clone();
+    background.spawn(async move { track(probe_local, &hc, &local, healthy).await });
+    let mut supervisors = JoinSet::new();
+    let each = settings.replicas.iter().zip(connectors).zip(hearts);
+    for (slot, ((replica, connector), heart)) in each.enumerate() {
+        let span = tracing::info_span!("replica", replica = %replica.name);
+        let supervisor = Supervisor::new(
+            Arc::clone(&settings),
+            Arc::new(replica.clone()),
+            slot,
+            connector,
+            signer.clone(),
+            board.clone(),
+        );
+        supervisors.spawn(supervisor.run(heart, shutdown.clone()).instrument(span));
+    }
+    // A supervisor returns only on shutdown, unless it panicked.
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        Some(Err(e)) = supervisors.join_next() => {
+            error!(error = %e, "a supervisor failed: stopping");
+            Err(e)
+        }
+    };
+    notify::stopping();
+    shutdown.cancel();
+    while supervisors.join_next().await.is_some() {}
+    result
+}
+
+/// Counters shown in logs and the status line.
 #[derive(Debug, Default)]
 struct Stats {
     sessions: u64,
     switches: u64,
 }
 
-/// Try every uplink in `order` and, on each, every gateway in order; the first session wins.
-async fn connect_first(
-    settings: &Settings,
-    key: &Arc<PrivateKey>,
-    order: &[usize],
-    forward: bool,
-) -> Result<Session, SessionError> {
-    let mut last = None;
-    let mut mismatch = None;
-    for &u in order {
-        for gw in &settings.config.gateways {
-            let uplink = settings.uplinks.get(u).map_or("?", |x| x.name.as_str());
-            match Session::connect(settings, Arc::clone(key), gw, u, forward, &mut |_| {}).await {
-                Ok(s) => return Ok(s),
-                Err(e) if e.is_host_key_mismatch() => {
-                    // A security event, but only about this path: every other gateway and
-                    // uplink is still checked against the same pin, so keep trying them.
-                    error!(gateway = %gw, uplink, error = %e, "SECURITY: the gateway's host key does not match the pinned key; not connecting there");
-                    mismatch = Some(e);
-                }
-                Err(e) => {
-                    warn!(gateway = %gw, uplink, error = %e, "connection attempt failed");
-                    last = Some(e);
-                }
-            }
-        }
-    }
-    // Nothing worked: a mismatch seen anywhere decides the (slow) retry pace.
-    Err(mismatch
-        .or(last)
-        .unwrap_or(SessionError::Resolve("no gateway configured".into())))
-}
-
 /// While every attempt so far is still pending, start another this often.
 pub const ATTEMPT_EVERY: Duration = Duration::from_secs(1);
-
-/// [`connect_first`], started again every [`ATTEMPT_EVERY`] while every earlier attempt is
-/// still pending: after an outage, an attempt begun while the link was down may sit in a
-/// handshake that will never finish (a NAT that forgot the flow, a half-dead LTE link accept
-/// the TCP connect, then nothing), and waiting out `connect_timeout` for it would keep the
-/// Pi off for seconds after its link came back. The first session wins; the other attempts
-/// are dropped, closing their sockets. Fails once every attempt has failed (a host key
-/// mismatch seen by any of them decides the error).
-async fn connect_overlapping(
-    settings: &Settings,
-    key: &Arc<PrivateKey>,
-    order: &[usize],
-    forward: bool,
-) -> Result<Session, SessionError> {
-    // Every attempt gives up after its own timeouts, so this bounds how many run at once.
-    let max = (settings.config.connect_timeout.as_millis() / ATTEMPT_EVERY.as_millis()).max(1) as usize + 1;
-    first_of_overlapping(|| connect_first(settings, key, order, forward), ATTEMPT_EVERY, max).await
-}
 
 /// Run `attempt()`, and again every `every` (at most `max` at once) while every earlier one
 /// is still pending; the first to succeed wins and the others are dropped. Fails once every
@@ -141,7 +179,7 @@ where
     use futures_util::stream::{FuturesUnordered, StreamExt as _};
     let mut attempts = FuturesUnordered::new();
     attempts.push(attempt());
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed: Option<SessionError> = None;
     loop {
@@ -164,7 +202,7 @@ where
 }
 
 /// A session being opened on another uplink.
-type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Session, SessionError>> + Send + 'a>>;
+type Attempt<'a, S> = Pin<Box<dyn Future<Output = Result<S, SessionError>> + Send + 'a>>;
 
 /// Why a session is being opened on another uplink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,426 +235,396 @@ enum Outcome {
     },
 }
 
-/// Run until `shutdown` fires. Returns only then (all errors are retried).
-pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: CancellationToken) {
-    let cfg = &settings.config;
-    let mut backoff = Backoff::new(cfg.backoff.clone());
-    let mut stats = Stats::default();
-    let mut failed_uplink = None;
-    let mut watchdog = notify::Watchdog::from_env();
-    // Ready as soon as the supervisor runs: whether it forwards is STATUS, not readiness, so
-    // a Pi that boots with its signer locked or no uplink yet is not restarted by systemd.
-    notify::status("starting: connecting to the gateway");
-    notify::ready();
-    loop {
-        let signer_ok = probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout)
-            .await
-            .is_ok();
-        if !signer_ok {
-            warn!(signer = %cfg.signer, "local signer not answering: connecting without the forward for now");
-        }
-        let order = uplink_order(settings.uplinks.len(), failed_uplink);
-        let connect = connect_overlapping(&settings, &key, &order, signer_ok);
-        tokio::pin!(connect);
-        let connected = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = watchdog.ping() => {}
-                c = &mut connect => break c,
-            }
-        };
-        let delay = match connected {
-            Ok(session) => {
-                stats.sessions += 1;
-                match serve(
-                    &settings,
-                    &key,
-                    session,
-                    signer_ok,
-                    &mut stats,
-                    &mut watchdog,
-                    &shutdown,
-                )
-                .await
-                {
-                    Outcome::Shutdown => return,
-                    Outcome::Closed { uplink, up_for, ended } => {
-                        let name = settings.uplinks.get(uplink).map_or("?", |u| u.name.as_str());
-                        warn!(uplink = %name, reason = %ended.reason, link_failure = ended.link_failure, up_for = ?up_for, "session ended");
-                        notify::status(&format!("reconnecting ({})", ended.reason));
-                        if up_for >= cfg.backoff.reset_after {
-                            backoff.reset();
-                        }
-                        // Only a failed path is tried last; a gateway restart says nothing
-                        // about the uplink, so the preferred one is tried first again.
-                        failed_uplink = ended.link_failure.then_some(uplink);
-                        backoff.next_delay()
-                    }
-                }
-            }
-            Err(e) if e.is_host_key_mismatch() => {
-                // Each mismatching path was already logged at error level with both keys.
-                let _ = e;
-                warn!(retry_in = ?cfg.host_key_mismatch_retry, "no gateway could be reached with the pinned host key; retrying slowly");
-                notify::status("host key mismatch: not connecting");
-                // A plain sleep: the gateway being reachable is no reason to retry sooner.
-                let sleep = tokio::time::sleep(cfg.host_key_mismatch_retry);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = watchdog.ping() => {}
-                        _ = &mut sleep => break,
-                    }
-                }
-                continue;
-            }
-            Err(e) => {
-                let d = backoff.next_delay();
-                warn!(error = %e, retry_in = ?d, "cannot reach the gateway");
-                notify::status(&format!("cannot reach the gateway: {e}"));
-                d
-            }
-        };
-        let backoff_wait = wait_backoff(&settings, delay);
-        tokio::pin!(backoff_wait);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = watchdog.ping() => {}
-                _ = &mut backoff_wait => break,
-            }
+/// The session being served, with its end signal and when it became current.
+struct Current<S> {
+    session: S,
+    closed: Closed,
+    since: Instant,
+}
+
+impl<S: Tunnel> Current<S> {
+    fn new(mut session: S) -> Current<S> {
+        let closed = session.take_closed();
+        Current {
+            session,
+            closed,
+            since: Instant::now(),
         }
     }
 }
 
-/// Sleep `delay`, but when it is long, check every second whether a gateway accepts TCP
-/// connections again and stop early if so: after a long outage the backoff has grown to
-/// seconds, and the link coming back should not wait it out. A TCP connect is cheap for both
-/// sides; the SSH handshakes that the backoff spaces out are not.
-async fn wait_backoff(settings: &Settings, delay: Duration) {
-    const CHECK_EVERY: Duration = Duration::from_secs(1);
-    let until = tokio::time::Instant::now() + delay;
-    loop {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left <= CHECK_EVERY {
-            tokio::time::sleep(left).await;
-            return;
-        }
-        tokio::time::sleep(CHECK_EVERY).await;
-        if crate::session::gateway_reachable(settings, Duration::from_millis(500)).await {
-            info!("the gateway is reachable again: reconnecting now");
-            return;
-        }
-    }
-}
-
-async fn serve(
-    settings: &Settings,
-    key: &Arc<PrivateKey>,
-    mut session: Session,
-    forwarding: bool,
-    stats: &mut Stats,
-    watchdog: &mut notify::Watchdog,
-    shutdown: &CancellationToken,
-) -> Outcome {
-    let cfg = &settings.config;
-    let hc = &cfg.health_check;
-    let mut closed = session.take_closed();
-    let mut oks = 0u32;
-    let mut fails = 0u32;
-    info!(gateway = %session.gateway, uplink = %session.uplink_name, forwarding, "session up");
-    let report = |s: &Session, stats: &mut Stats| {
-        let state = if s.is_forwarding() {
-            "serving"
-        } else {
-            "forward withdrawn (local signer down)"
-        };
-        notify::status(&format!(
-            "{state} via {} to {} (switches: {}, sessions: {})",
-            s.uplink_name, s.gateway, stats.switches, stats.sessions
-        ));
-    };
-    report(&session, stats);
-    let mut health = tokio::time::interval(hc.interval);
-    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let start_better = tokio::time::Instant::now() + cfg.uplink_retry;
-    let mut better = tokio::time::interval_at(start_better, cfg.uplink_retry);
-    better.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A session being opened on another uplink. Polled as its own branch so probes, the
-    // forward and shutdown keep being handled while it connects (up to connect_timeout per
-    // step on a silently dead path).
-    let mut attempt: Option<(Move, Attempt<'_>)> = None;
-    let mut attempt_started = Instant::now();
-    // Liveness: a ping every half keepalive interval, each answered within one interval or
-    // counted as missed. Only worth it with another uplink to move to.
-    let mut liveness = tokio::time::interval(cfg.keepalive_interval / 2);
-    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping: Option<Ping> = None;
-    let mut missed_since: Option<Instant> = None;
-    let can_move = settings.uplinks.len() > 1;
+/// Await `fut` while beating the watchdog; `None` if `shutdown` fires first.
+async fn beating<F: Future>(fut: F, heartbeat: &mut Heartbeat, shutdown: &CancellationToken) -> Option<F::Output> {
+    tokio::pin!(fut);
     loop {
         tokio::select! {
-            _ = watchdog.ping() => {}
-            _ = shutdown.cancelled() => {
-                notify::stopping();
-                session.close("tunnel client stopping").await;
-                return Outcome::Shutdown;
-            }
-            ended = closed.wait() => {
-                // The gateway closes this session the moment a newer one of ours takes the
-                // route, possibly before that session's own attempt has reported back here:
-                // finish the attempt and adopt it rather than drop the session that now
-                // carries the route.
-                let adopted = match attempt.take() {
-                    Some((why, pending)) => pending
-                        .await
-                        .ok()
-                        .filter(|new| why == Move::Failover || new.uplink < session.uplink)
-                        .map(|new| (why, new)),
-                    None => None,
-                };
-                let Some((why, new)) = adopted else {
-                    return Outcome::Closed { uplink: session.uplink, up_for: session.since.elapsed(), ended };
-                };
-                // The old session is already gone: nothing to close.
-                drop(switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed(), why));
-                (ping, missed_since) = (None, None);
-                report(&session, stats);
-            }
-            _ = health.tick() => {
-                match probe(&cfg.signer, &hc.path, hc.timeout).await {
-                    Ok(()) => {
-                        oks += 1;
-                        fails = 0;
-                        if !session.is_forwarding() && oks >= hc.rise {
-                            match session.request_forward().await {
-                                Ok(()) => info!("local signer answers: forward requested"),
-                                Err(e) => warn!(error = %e, "cannot request the forward"),
-                            }
-                            report(&session, stats);
-                        }
-                    }
-                    Err(why) => {
-                        fails += 1;
-                        oks = 0;
-                        if session.is_forwarding() && fails >= hc.fall {
-                            warn!(signer = %cfg.signer, error = %why, "local signer not answering: withdrawing the forward so the gateway fails over");
-                            if let Err(e) = session.cancel_forward().await {
-                                warn!(error = %e, "cannot withdraw the forward");
-                            }
-                            report(&session, stats);
-                        }
-                    }
-                }
-            }
-            _ = liveness.tick(), if can_move && ping.is_none() => {
-                ping = Some(Box::pin(session.ping(cfg.keepalive_interval)));
-            }
-            answered = async {
-                match ping.as_mut() {
-                    Some(p) => p.await,
-                    None => std::future::pending().await,
-                }
-            }, if ping.is_some() => {
-                ping = None;
-                if answered {
-                    if let Some(since) = missed_since.take() {
-                        info!(uplink = %session.uplink_name, silent_for = ?since.elapsed(), "the session answers again");
-                    }
-                    continue;
-                }
-                if missed_since.is_none() {
-                    missed_since = Some(Instant::now());
-                    warn!(uplink = %session.uplink_name, "the session did not answer a keepalive: opening a session over another uplink");
-                }
-                // Make before break: the new session takes the route at the gateway the moment
-                // it forwards; this one is closed only then. A better-uplink attempt already
-                // under way is replaced: this path is the problem now.
-                if !matches!(attempt, Some((Move::Failover, _))) {
-                    let here = session.uplink;
-                    let order: Vec<usize> = (0..settings.uplinks.len()).filter(|&u| u != here).collect();
-                    let forward = session.is_forwarding();
-                    attempt_started = Instant::now();
-                    attempt = Some((
-                        Move::Failover,
-                        Box::pin(async move { connect_first(settings, key, &order, forward).await }),
-                    ));
-                }
-            }
-            _ = better.tick(), if session.uplink > 0 && attempt.is_none() && missed_since.is_none() => {
-                // Make before break: a session on a better uplink first, then close this one.
-                let order: Vec<usize> = (0..session.uplink).collect();
-                let forward = session.is_forwarding();
-                attempt_started = Instant::now();
-                attempt = Some((Move::Better, Box::pin(async move { connect_first(settings, key, &order, forward).await })));
-            }
-            result = async {
-                match attempt.as_mut() {
-                    Some((_, pending)) => pending.await,
-                    None => std::future::pending().await,
-                }
-            }, if attempt.is_some() => {
-                let Some((why, _)) = attempt.take() else { continue };
-                let Ok(mut new) = result else { continue };
-                if why == Move::Better && new.uplink >= session.uplink {
-                    continue;
-                }
-                // The local signer may have gone away while the new session was opening.
-                if new.is_forwarding() && !session.is_forwarding() {
-                    let _ = new.cancel_forward().await;
-                }
-                let old = switch_to(&mut session, &mut closed, new, stats, attempt_started.elapsed(), why);
-                (ping, missed_since) = (None, None);
-                // A dead path's session may not take a polite goodbye: do not wait on it.
-                match why {
-                    Move::Better => old.close("moved to a preferred uplink").await,
-                    Move::Failover => drop(tokio::spawn(old.close("moved away from a path that stopped answering"))),
-                }
-                report(&session, stats);
-            }
+            _ = shutdown.cancelled() => return None,
+            _ = heartbeat.beat() => {}
+            out = &mut fut => return Some(out),
         }
     }
 }
 
-/// Make `new` the current session (with its end signal); returns the old one.
-fn switch_to(
-    session: &mut Session,
-    closed: &mut Closed,
-    mut new: Session,
-    stats: &mut Stats,
-    took: Duration,
-    why: Move,
-) -> Session {
-    stats.switches += 1;
-    info!(
-        from = %session.uplink_name,
-        to = %new.uplink_name,
-        switches = stats.switches,
-        took_ms = took.as_millis() as u64,
-        "{}",
-        why.reason()
-    );
-    *closed = new.take_closed();
-    std::mem::replace(session, new)
+/// Keeps one session to one replica.
+pub struct Supervisor<C> {
+    settings: Arc<Settings>,
+    replica: Arc<Replica>,
+    /// This replica's place on the status board.
+    slot: usize,
+    connector: C,
+    /// The local signer's health, as [`track`] publishes it.
+    signer: watch::Receiver<bool>,
+    board: Board,
+}
+
+impl<C: Connector> Supervisor<C> {
+    /// A supervisor for `replica` (at `slot` on `board`), connecting through `connector`,
+    /// forwarding while `signer` says the local signer is healthy.
+    pub fn new(
+        settings: Arc<Settings>,
+        replica: Arc<Replica>,
+        slot: usize,
+        connector: C,
+        signer: watch::Receiver<bool>,
+        board: Board,
+    ) -> Supervisor<C> {
+        Supervisor {
+            settings,
+            replica,
+            slot,
+            connector,
+            signer,
+            board,
+        }
+    }
+
+    fn uplink_name(&self, uplink: usize) -> &str {
+        self.settings.uplinks.get(uplink).map_or("?", |u| u.name.as_str())
+    }
+
+    /// Try every uplink in `order` and, on each, every address in order; the first session wins.
+    async fn connect_first(&self, order: &[usize], forward: bool) -> Result<C::Session, SessionError> {
+        let mut last = None;
+        let mut mismatch = None;
+        for &u in order {
+            for gw in &self.replica.addresses {
+                let uplink = self.uplink_name(u);
+                match self.connector.connect(gw, u, forward).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) if e.is_host_key_mismatch() => {
+                        // A security event, but only about this path: every other address and
+                        // uplink is still checked against the same pin, so keep trying them.
+                        error!(gateway = %gw, uplink, error = %e, "SECURITY: the gateway's host key does not match the pinned key; not connecting there");
+                        mismatch = Some(e);
+                    }
+                    Err(e) => {
+                        warn!(gateway = %gw, uplink, error = %e, "connection attempt failed");
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        // Nothing worked: a mismatch seen anywhere decides the (slow) retry pace.
+        Err(mismatch
+            .or(last)
+            .unwrap_or(SessionError::Resolve("no gateway configured".into())))
+    }
+
+    /// [`Self::connect_first`], started again every [`ATTEMPT_EVERY`] while every earlier
+    /// attempt is still pending: after an outage, an attempt begun while the link was down may
+    /// sit in a handshake that will never finish (a NAT that forgot the flow, a half-dead LTE
+    /// link accept the TCP connect, then nothing), and waiting out `connect_timeout` for it
+    /// would keep the Pi off for seconds after its link came back. The first session wins;
+    /// the other attempts are dropped, closing their sockets.
+    async fn connect_overlapping(&self, order: &[usize], forward: bool) -> Result<C::Session, SessionError> {
+        // Every attempt gives up after its own timeouts, so this bounds how many run at once.
+        let max = (self.settings.config.connect_timeout.as_millis() / ATTEMPT_EVERY.as_millis()).max(1) as usize + 1;
+        first_of_overlapping(|| self.connect_first(order, forward), ATTEMPT_EVERY, max).await
+    }
+
+    /// Run until `shutdown` fires (every error is retried), then close the session.
+    pub async fn run(self, mut heartbeat: Heartbeat, shutdown: CancellationToken) {
+        let cfg = &self.settings.config;
+        let mut backoff = Backoff::new(cfg.backoff.clone());
+        let mut stats = Stats::default();
+        let mut failed_uplink = None;
+        loop {
+            let signer_ok = *self.signer.borrow();
+            if !signer_ok {
+                warn!(signer = %cfg.signer, "local signer not answering: connecting without the forward for now");
+            }
+            let order = uplink_order(self.settings.uplinks.len(), failed_uplink);
+            let connect = self.connect_overlapping(&order, signer_ok);
+            let Some(connected) = beating(connect, &mut heartbeat, &shutdown).await else {
+                return;
+            };
+            let delay = match connected {
+                Ok(session) => {
+                    stats.sessions += 1;
+                    match self.serve(session, &mut stats, &mut heartbeat, &shutdown).await {
+                        Outcome::Shutdown => return,
+                        Outcome::Closed { uplink, up_for, ended } => {
+                            if up_for >= cfg.backoff.reset_after {
+                                backoff.reset();
+                            }
+                            // Only a failed path is tried last; a gateway restart says nothing
+                            // about the uplink, so the preferred one is tried first again.
+                            failed_uplink = ended.link_failure.then_some(uplink);
+                            let delay = backoff.next_delay();
+                            warn!(uplink = %self.uplink_name(uplink), reason = %ended.reason, link_failure = ended.link_failure, up_for = ?up_for, retry_in = ?delay, "session ended");
+                            self.set_state(State::Reconnecting {
+                                reason: ended.reason,
+                                retry_in: delay,
+                            });
+                            delay
+                        }
+                    }
+                }
+                Err(e) if e.is_host_key_mismatch() => {
+                    // Each mismatching path was already logged at error level with both keys.
+                    warn!(retry_in = ?cfg.host_key_mismatch_retry, "no gateway could be reached with the pinned host key; retrying slowly");
+                    self.set_state(State::HostKeyMismatch);
+                    // A plain sleep: the gateway being reachable is no reason to retry sooner.
+                    let sleep = tokio::time::sleep(cfg.host_key_mismatch_retry);
+                    if beating(sleep, &mut heartbeat, &shutdown).await.is_none() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?d, "cannot reach the gateway");
+                    self.set_state(State::Unreachable {
+                        error: e.to_string(),
+                        retry_in: d,
+                    });
+                    d
+                }
+            };
+            if beating(self.wait_backoff(delay), &mut heartbeat, &shutdown)
+                .await
+                .is_none()
+            {
+                return;
+            }
+        }
+    }
+
+    fn set_state(&self, state: State) {
+        self.board.set(self.slot, state);
+    }
+
+    fn report(&self, session: &C::Session, stats: &Stats) {
+        self.set_state(State::Up {
+            uplink: self.uplink_name(session.uplink()).to_string(),
+            address: session.address().to_string(),
+            forwarding: session.is_forwarding(),
+            switches: stats.switches,
+            sessions: stats.sessions,
+        });
+    }
+
+    /// Sleep `delay`, but when it is long, check every second whether the replica accepts TCP
+    /// connections again and stop early if so: after a long outage the backoff has grown to
+    /// seconds, and the link coming back should not wait it out. A TCP connect is cheap for
+    /// both sides; the SSH handshakes that the backoff spaces out are not.
+    async fn wait_backoff(&self, delay: Duration) {
+        const CHECK_EVERY: Duration = Duration::from_secs(1);
+        let until = Instant::now() + delay;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left <= CHECK_EVERY {
+                tokio::time::sleep(left).await;
+                return;
+            }
+            tokio::time::sleep(CHECK_EVERY).await;
+            if self.connector.reachable(Duration::from_millis(500)).await {
+                info!("the gateway is reachable again: reconnecting now");
+                return;
+            }
+        }
+    }
+
+    /// Request or withdraw the forward so that it follows the local signer's health.
+    async fn follow_signer(&self, session: &mut C::Session, healthy: bool) {
+        if healthy && !session.is_forwarding() {
+            match session.request_forward().await {
+                Ok(()) => info!("local signer answers: forward requested"),
+                Err(e) => warn!(error = %e, "cannot request the forward"),
+            }
+        } else if !healthy && session.is_forwarding() {
+            warn!(signer = %self.settings.config.signer, "local signer not answering: withdrawing the forward so the gateway fails over");
+            if let Err(e) = session.cancel_forward().await {
+                warn!(error = %e, "cannot withdraw the forward");
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        session: C::Session,
+        stats: &mut Stats,
+        heartbeat: &mut Heartbeat,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let cfg = &self.settings.config;
+        let mut cur = Current::new(session);
+        info!(gateway = %cur.session.address(), uplink = %self.uplink_name(cur.session.uplink()), forwarding = cur.session.is_forwarding(), "session up");
+        self.report(&cur.session, stats);
+        let mut signer = self.signer.clone();
+        signer.mark_changed();
+        let mut signer_gone = false;
+        // Also follow the signer at every health interval: a request or a withdrawal that
+        // failed is tried again.
+        let mut follow = tokio::time::interval(cfg.health_check.interval);
+        follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start_better = Instant::now() + cfg.uplink_retry;
+        let mut better = tokio::time::interval_at(start_better, cfg.uplink_retry);
+        better.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A session being opened on another uplink. Polled as its own branch so the forward,
+        // liveness and shutdown keep being handled while it connects (up to connect_timeout
+        // per step on a silently dead path).
+        let mut attempt: Option<(Move, Attempt<'_, C::Session>)> = None;
+        let mut attempt_started = Instant::now();
+        // Liveness: a ping every half keepalive interval, each answered within one interval or
+        // counted as missed. Only worth it with another uplink to move to.
+        let mut liveness = tokio::time::interval(cfg.keepalive_interval / 2);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping: Option<Ping> = None;
+        let mut missed_since: Option<Instant> = None;
+        let can_move = self.settings.uplinks.len() > 1;
+        loop {
+            tokio::select! {
+                _ = heartbeat.beat() => {}
+                _ = shutdown.cancelled() => {
+                    cur.session.close("tunnel client stopping").await;
+                    return Outcome::Shutdown;
+                }
+                ended = cur.closed.wait() => {
+                    // The gateway closes this session the moment a newer one of ours takes the
+                    // route, possibly before that session's own attempt has reported back here:
+                    // finish the attempt and adopt it rather than drop the session that now
+                    // carries the route.
+                    let here = cur.session.uplink();
+                    let adopted = match attempt.take() {
+                        Some((why, pending)) => pending
+                            .await
+                            .ok()
+                            .filter(|new| why == Move::Failover || new.uplink() < here)
+                            .map(|new| (why, new)),
+                        None => None,
+                    };
+                    let Some((why, new)) = adopted else {
+                        return Outcome::Closed { uplink: here, up_for: cur.since.elapsed(), ended };
+                    };
+                    // The old session is already gone: nothing to close.
+                    drop(self.switch_to(&mut cur, new, stats, attempt_started.elapsed(), why));
+                    (ping, missed_since) = (None, None);
+                    self.report(&cur.session, stats);
+                }
+                changed = signer.changed(), if !signer_gone => {
+                    signer_gone = changed.is_err();
+                    let healthy = *signer.borrow_and_update();
+                    self.follow_signer(&mut cur.session, healthy).await;
+                    self.report(&cur.session, stats);
+                }
+                _ = follow.tick() => {
+                    let healthy = *signer.borrow();
+                    if healthy != cur.session.is_forwarding() {
+                        self.follow_signer(&mut cur.session, healthy).await;
+                        self.report(&cur.session, stats);
+                    }
+                }
+                _ = liveness.tick(), if can_move && ping.is_none() => {
+                    ping = Some(Box::pin(cur.session.ping(cfg.keepalive_interval)));
+                }
+                answered = async {
+                    match ping.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                }, if ping.is_some() => {
+                    ping = None;
+                    if answered {
+                        if let Some(since) = missed_since.take() {
+                            info!(uplink = %self.uplink_name(cur.session.uplink()), silent_for = ?since.elapsed(), "the session answers again");
+                        }
+                        continue;
+                    }
+                    if missed_since.is_none() {
+                        missed_since = Some(Instant::now());
+                        warn!(uplink = %self.uplink_name(cur.session.uplink()), "the session did not answer a keepalive: opening a session over another uplink");
+                    }
+                    // Make before break: the new session takes the route at the gateway the
+                    // moment it forwards; this one is closed only then. A better-uplink attempt
+                    // already under way is replaced: this path is the problem now.
+                    if !matches!(attempt, Some((Move::Failover, _))) {
+                        let here = cur.session.uplink();
+                        let order: Vec<usize> = (0..self.settings.uplinks.len()).filter(|&u| u != here).collect();
+                        let forward = cur.session.is_forwarding();
+                        attempt_started = Instant::now();
+                        attempt = Some((
+                            Move::Failover,
+                            Box::pin(async move { self.connect_first(&order, forward).await }),
+                        ));
+                    }
+                }
+                _ = better.tick(), if cur.session.uplink() > 0 && attempt.is_none() && missed_since.is_none() => {
+                    // Make before break: a session on a better uplink first, then close this one.
+                    let order: Vec<usize> = (0..cur.session.uplink()).collect();
+                    let forward = cur.session.is_forwarding();
+                    attempt_started = Instant::now();
+                    attempt = Some((Move::Better, Box::pin(async move { self.connect_first(&order, forward).await })));
+                }
+                result = async {
+                    match attempt.as_mut() {
+                        Some((_, pending)) => pending.await,
+                        None => std::future::pending().await,
+                    }
+                }, if attempt.is_some() => {
+                    let Some((why, _)) = attempt.take() else { continue };
+                    let Ok(mut new) = result else { continue };
+                    if why == Move::Better && new.uplink() >= cur.session.uplink() {
+                        continue;
+                    }
+                    // The local signer may have gone away while the new session was opening.
+                    if new.is_forwarding() && !cur.session.is_forwarding() {
+                        let _ = new.cancel_forward().await;
+                    }
+                    let old = self.switch_to(&mut cur, new, stats, attempt_started.elapsed(), why);
+                    (ping, missed_since) = (None, None);
+                    // A dead path's session may not take a polite goodbye: do not wait on it.
+                    match why {
+                        Move::Better => old.close("moved to a preferred uplink").await,
+                        Move::Failover => drop(tokio::spawn(old.close("moved away from a path that stopped answering"))),
+                    }
+                    self.report(&cur.session, stats);
+                }
+            }
+        }
+    }
+
+    /// Make `new` the current session (with its end signal); returns the old one.
+    fn switch_to(
+        &self,
+        cur: &mut Current<C::Session>,
+        new: C::Session,
+        stats: &mut Stats,
+        took: Duration,
+        why: Move,
+    ) -> C::Session {
+        stats.switches += 1;
+        info!(
+            from = %self.uplink_name(cur.session.uplink()),
+            to = %self.uplink_name(new.uplink()),
+            switches = stats.switches,
+            took_ms = took.as_millis() as u64,
+            "{}",
+            why.reason()
+        );
+        std::mem::replace(cur, Current::new(new)).session
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_jittered_capped_and_resets() {
-        let mut b = Backoff::new(BackoffConfig {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(10),
-            reset_after: Duration::from_secs(30),
-        });
-        let first = b.next_delay();
-        assert!(
-            first >= Duration::from_millis(250) && first <= Duration::from_millis(500),
-            "{first:?}"
-        );
-        let mut last = first;
-        for _ in 0..20 {
-            last = b.next_delay();
-            assert!(last <= Duration::from_secs(10));
-        }
-        assert!(
-            last >= Duration::from_secs(5),
-            "capped delays stay near the cap: {last:?}"
-        );
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(500));
-    }
-
-    /// Attempts that hang (a handshake frozen mid-way) until `hang_until`, then answer at once.
-    fn attempts<'a>(
-        hang_until: tokio::time::Instant,
-        started: &'a std::sync::Mutex<Vec<Duration>>,
-        t0: tokio::time::Instant,
-    ) -> impl FnMut() -> Pin<Box<dyn Future<Output = Result<usize, SessionError>> + Send>> + 'a {
-        let mut n = 0;
-        move || {
-            n += 1;
-            let id = n;
-            let begun = tokio::time::Instant::now();
-            started.lock().unwrap().push(begun - t0);
-            Box::pin(async move {
-                if begun < hang_until {
-                    // Begun while the link was down: frozen for good.
-                    std::future::pending::<()>().await;
-                }
-                Ok(id)
-            })
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_new_attempt_every_second_while_the_first_is_stuck_and_the_first_to_finish_wins() {
-        let t0 = tokio::time::Instant::now();
-        let started = std::sync::Mutex::new(Vec::new());
-        // The link comes back 3.5 s in: attempts begun before stay frozen.
-        let back = t0 + Duration::from_millis(3500);
-        let winner = first_of_overlapping(attempts(back, &started, t0), Duration::from_secs(1), 10)
-            .await
-            .unwrap();
-        assert_eq!(winner, 5, "the first attempt begun after the link returned");
-        assert_eq!(
-            t0.elapsed(),
-            Duration::from_secs(4),
-            "within a second of the link's return"
-        );
-        let started = started.lock().unwrap().clone();
-        assert_eq!(started, (0..5).map(Duration::from_secs).collect::<Vec<_>>());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn attempts_in_flight_are_capped_and_failures_end_the_wait() {
-        let t0 = tokio::time::Instant::now();
-        let started = std::sync::Mutex::new(Vec::new());
-        // Never comes back: at most `max` attempts, then it waits on them (their own timeouts
-        // end them in real life).
-        let never = t0 + Duration::from_secs(3600);
-        let wait = first_of_overlapping(attempts(never, &started, t0), Duration::from_secs(1), 3);
-        assert!(tokio::time::timeout(Duration::from_secs(30), wait).await.is_err());
-        assert_eq!(started.lock().unwrap().len(), 3);
-        // When every attempt has failed the wait ends (the backoff takes over), and a host key
-        // mismatch seen by any attempt is the error reported, even if later ones failed
-        // otherwise: the first attempt (a mismatch) fails after 1.5 s, the others (timeouts)
-        // 1 s after they start.
-        let mut n = 0u64;
-        let e = first_of_overlapping(
-            || {
-                n += 1;
-                let (after, e) = if n == 1 {
-                    (
-                        Duration::from_millis(1500),
-                        SessionError::HostKeyMismatch("pinned x, got y".into()),
-                    )
-                } else {
-                    (Duration::from_millis(1000), SessionError::Timeout("handshake"))
-                };
-                async move {
-                    tokio::time::sleep(after).await;
-                    Err::<(), _>(e)
-                }
-            },
-            Duration::from_secs(1),
-            2,
-        )
-        .await
-        .unwrap_err();
-        assert!(e.is_host_key_mismatch(), "{e}");
-        assert!(n >= 2, "the stuck first attempt was overlapped");
-    }
-
-    #[test]
-    fn failed_uplink_goes_last() {
-        assert_eq!(uplink_order(3, None), vec![0, 1, 2]);
-        assert_eq!(uplink_order(3, Some(0)), vec![1, 2, 0]);
-        assert_eq!(uplink_order(2, Some(1)), vec![0, 1]);
-        assert_eq!(uplink_order(1, Some(0)), vec![0]);
-        assert_eq!(uplink_order(2, Some(7)), vec![0, 1]);
-    }
-}
+mod tests;
