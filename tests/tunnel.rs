@@ -9,20 +9,17 @@
 //! Needs the `signer-gateway` binary (`cargo build --workspace --bins` first) and OpenSSH's
 //! `ssh` and `ssh-keygen` (Debian: `openssh-client`); without them the tests fail saying so.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use http::StatusCode;
-use serde_json::Value;
-use signer_gateway::tezos::Pkh;
-use tempfile::TempDir;
 use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use testkit::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
+use testkit::harness::eventually;
 use testkit::ssh_client::{ssh_bin, ssh_keygen_bin, SshClient, SshKey, ALLOCATED};
-use testkit::test_signer::{seed, TestSigner, TestSignerHandle, TestSignerOptions};
-use testkit::traffic::{Served, Signed};
+use testkit::traffic::{Served, Traffic};
+use testkit::tunnel_rig::{ticker, GatewayTiming, RigOptions, TunnelRig, CONNECT_SETTLE, HEALTH_SETTLE, REQUEST_EVERY};
 
 /// `request_timeout` in the config.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -33,193 +30,50 @@ const KEEPALIVE_MAX: u32 = 3;
 /// scheduling slack on a loaded 2-core box.
 const KEEPALIVE_BOUND: Duration = Duration::from_secs(8);
 /// Time for ssh to connect and have its forward accepted, or to give up.
-const SSH_SETTLE: Duration = Duration::from_secs(10);
-/// Time for the pool to see a change (health interval 200 ms, rise 2).
-const HEALTH_SETTLE: Duration = Duration::from_secs(5);
+const SSH_SETTLE: Duration = CONNECT_SETTLE;
 
-fn config(pi_key: &str, backup: SocketAddr) -> String {
-    format!(
-        r#"api: {{listen: 127.0.0.1:0}}
-admin: {{listen: 127.0.0.1:0}}
-watermark: {{backend: file, dir: "{{dir}}/watermarks", create_if_missing: true}}
-ssh:
-  listen: 127.0.0.1:0
-  host_key: "{{dir}}/ssh_host_ed25519_key"
-  keepalive_interval: {}ms
-  keepalive_max: {KEEPALIVE_MAX}
-  tcp_user_timeout: 5s
-  auth_timeout: 10s
-  channel_open_timeout: 1s
-signers:
-  - name: pi
-    tunnel: {{keys: ["{pi_key}"]}}
-  - name: backup
-    address: {backup}
-request_timeout: {}ms
-health_check: {{interval: 200ms, timeout: 300ms, rise: 2, fall: 1}}
-log_format: text
-"#,
-        KEEPALIVE_INTERVAL.as_millis(),
-        REQUEST_TIMEOUT.as_millis(),
-    )
+/// The rig: `pi` in process behind the tunnel, `backup` over TCP, no proxy (the link-fault
+/// tests put their own in front of the SSH port).
+async fn start() -> anyhow::Result<TunnelRig> {
+    // Fail with the install hint before anything else.
+    ssh_bin()?;
+    ssh_keygen_bin()?;
+    TunnelRig::start(RigOptions {
+        timing: GatewayTiming {
+            request_timeout: Some(REQUEST_TIMEOUT),
+            keepalive: Some((KEEPALIVE_INTERVAL, KEEPALIVE_MAX)),
+            ..GatewayTiming::fast()
+        },
+        ..RigOptions::new("gateway-tunnel-")
+    })
+    .await
 }
 
-struct Rig {
-    // Fields drop in declaration order: the gateway goes before its dir.
-    gw: Gateway,
-    pi: TestSignerHandle,
-    backup: TestSignerHandle,
-    /// The key listed for `pi`.
-    key: SshKey,
-    /// The gateway's SSH listener and host key fingerprint, from its ready line.
-    ssh: SocketAddr,
-    host_key: String,
-    client: Client,
-    pkh: Pkh,
-    level: i32,
-    dir: TempDir,
-}
-
-impl Rig {
-    async fn start() -> anyhow::Result<Rig> {
-        // Fail with the install hint before anything else.
-        ssh_bin()?;
-        ssh_keygen_bin()?;
-        let dir = tempfile::Builder::new().prefix("gateway-tunnel-").tempdir()?;
-        let key = SshKey::generate(dir.path(), "pi_ed25519")?;
-        // Same seed: one baking key on both devices.
-        let options = TestSignerOptions {
-            seeds: vec![seed(11)],
-            ..TestSignerOptions::default()
-        };
-        let pi = TestSigner::spawn(options.clone()).await?;
-        let backup = TestSigner::spawn(options).await?;
-        let gw = Gateway::start_in(dir.path(), &config(&key.public, backup.addr())).await?;
-        let (ssh, host_key) = gw.ssh_endpoint()?;
-        gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
-        let pkh = pi.pkhs()[0];
-        Ok(Rig {
-            gw,
-            pi,
-            backup,
-            key,
-            ssh,
-            host_key,
-            client: Client::new().with_timeout(Duration::from_secs(10)),
-            pkh,
-            level: 0,
-            dir,
-        })
-    }
-
-    /// `ssh -N -R 0:<pi signer> pi@<server>` with the listed key.
-    fn tunnel_via(&self, server: SocketAddr, extra: &[&str]) -> anyhow::Result<SshClient> {
-        SshClient::reverse_tunnel(&self.key, server, "pi", self.pi.addr(), extra)
-    }
-
-    /// A tunnel straight to the gateway, up and serving: returns the client and the peer the
-    /// gateway shows for it.
-    async fn tunnel_up(&self) -> anyhow::Result<(SshClient, String)> {
-        let mut ssh = self.tunnel_via(self.ssh, &[])?;
-        ssh.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
-        let peer = self.wait_tunnel_connected(None).await?;
-        Ok((ssh, peer))
-    }
-
-    /// Wait until `/status` shows pi's tunnel connected (from a peer other than `not_peer`)
-    /// and the pool has pi up; returns the peer.
-    async fn wait_tunnel_connected(&self, not_peer: Option<&str>) -> anyhow::Result<String> {
-        let peer = eventually(SSH_SETTLE, "pi's tunnel connected", || async {
-            let t = self.tunnel_status().await?;
-            anyhow::ensure!(t["connected"] == true, "not connected: {t}");
-            let peer = t["peer"].as_str().context("no peer")?.to_string();
-            anyhow::ensure!(Some(peer.as_str()) != not_peer, "still the old peer {peer}");
-            Ok(peer)
-        })
-        .await?;
-        self.gw.wait_signers_up(&["pi"], HEALTH_SETTLE).await?;
-        Ok(peer)
-    }
-
-    /// pi's entry in `/status` `ssh.tunnels`.
-    async fn tunnel_status(&self) -> anyhow::Result<Value> {
-        let status = self.gw.status().await?;
-        status["ssh"]["tunnels"]
-            .as_array()
-            .and_then(|t| t.iter().find(|t| t["signer"] == "pi"))
-            .cloned()
-            .with_context(|| format!("no ssh.tunnels entry for pi in /status: {status}"))
-    }
-
-    /// The value of one series in `/metrics` (0 when absent).
-    async fn metric(&self, name: &str, label: &str, value: &str) -> anyhow::Result<f64> {
-        self.gw.metric(name, label, value).await
-    }
-
-    /// Sign a fresh attestation (next level) and tell who served it.
-    async fn sign(&mut self) -> anyhow::Result<Signed> {
-        self.level += 1;
-        let payload = attestation(TEST_CHAIN, self.level, 0, 1);
-        let started = Instant::now();
-        let (status, body) = self.client.sign(self.gw.api, "", self.pkh, &payload).await?;
-        let took = started.elapsed();
-        let want = Some(hex::encode(&payload));
-        let by = if self.pi.stats().last_sign_hex == want {
-            Served::Pi
-        } else if self.backup.stats().last_sign_hex == want {
-            Served::Backup
-        } else {
-            Served::Neither
-        };
-        Ok(Signed { status, body, took, by })
-    }
-
-    /// A sign answered 200 with a signature, by `by`.
-    async fn sign_ok_by(&mut self, by: Served) -> anyhow::Result<Signed> {
-        let s = self.sign().await?;
-        anyhow::ensure!(
-            s.status == StatusCode::OK && s.body["signature"].as_str().is_some_and(|sig| sig.starts_with("edsig")),
-            "sign: {} {}",
-            s.status,
-            s.body
-        );
-        anyhow::ensure!(s.by == by, "served by {:?}, expected {by:?}: {s:?}", s.by);
-        Ok(s)
-    }
-
-    /// After a refusal: the tunnel of `peer` is still the route (not replaced), pi serves
-    /// through it and the backup is still up.
-    async fn assert_still_serving(&mut self, peer: &str) -> anyhow::Result<()> {
-        let t = self.tunnel_status().await?;
-        anyhow::ensure!(
-            t["connected"] == true && t["peer"] == peer && t["replacements"] == 0,
-            "the refused session disturbed the tunnel: {t}"
-        );
-        self.sign_ok_by(Served::Pi).await?;
-        anyhow::ensure!(self.gw.signer_state("backup").await? == "up", "backup not up");
-        Ok(())
-    }
-
-    /// Panic with `result`'s error (the gateway's log tail is printed as the rig drops).
-    fn check(self, result: anyhow::Result<()>) {
-        if let Err(e) = result {
-            panic!("{e:#}\n(gateway dir {})", self.dir.path().display());
-        }
-    }
+/// After a refusal: the tunnel of `peer` is still the route (not replaced), pi serves
+/// through it and the backup is still up.
+async fn assert_still_serving(rig: &TunnelRig, peer: &str) -> anyhow::Result<()> {
+    let t = rig.tunnel_status().await?;
+    anyhow::ensure!(
+        t["connected"] == true && t["peer"] == peer && t["replacements"] == 0,
+        "the refused session disturbed the tunnel: {t}"
+    );
+    rig.sign_ok_by(Served::Pi).await?;
+    anyhow::ensure!(rig.gw.signer_state("backup").await? == "up", "backup not up");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Interop
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// Stock `ssh -N -R` with a listed key: the tunnel shows in /status and metrics, and a
     /// sign through the gateway is served by the signer behind it.
     openssh_reverse_tunnel_serves_signatures,
     openssh_reverse_tunnel_serves_signatures_body
 );
 
-async fn openssh_reverse_tunnel_serves_signatures_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let (_ssh, peer) = rig.tunnel_up().await?;
+async fn openssh_reverse_tunnel_serves_signatures_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let (_ssh, peer) = rig.openssh_up().await?;
     anyhow::ensure!(peer.starts_with("127.0.0.1:"), "peer {peer}");
     let status = rig.gw.status().await?;
     anyhow::ensure!(
@@ -237,9 +91,12 @@ async fn openssh_reverse_tunnel_serves_signatures_body(rig: &mut Rig) -> anyhow:
             >= 1.0
     );
 
-    let before = rig.pi.stats().signs;
+    let before = rig.pi.stats().await?.signs;
     rig.sign_ok_by(Served::Pi).await?;
-    anyhow::ensure!(rig.pi.stats().signs == before + 1, "pi's signer did not count the sign");
+    anyhow::ensure!(
+        rig.pi.stats().await?.signs == before + 1,
+        "pi's signer did not count the sign"
+    );
     anyhow::ensure!(rig.backup.stats().signs == 0, "the backup signed too");
     Ok(())
 }
@@ -249,7 +106,7 @@ async fn openssh_reverse_tunnel_serves_signatures_body(rig: &mut Rig) -> anyhow:
 // the same session, still serving.
 
 /// Run `ssh` (with `key`, or the listed one) expecting it to fail: returns its stderr.
-async fn ssh_must_fail(rig: &Rig, key: Option<&SshKey>, extra: &[&str]) -> anyhow::Result<String> {
+async fn ssh_must_fail(rig: &TunnelRig, key: Option<&SshKey>, extra: &[&str]) -> anyhow::Result<String> {
     let mut ssh = SshClient::spawn(key.unwrap_or(&rig.key), rig.ssh, "pi", extra)?;
     let status = ssh.wait_exit(SSH_SETTLE).await?;
     let stderr = ssh.stderr();
@@ -269,8 +126,8 @@ async fn ssh_must_fail(rig: &Rig, key: Option<&SshKey>, extra: &[&str]) -> anyho
 
 /// A session channel request (exec, shell, subsystem, agent) is refused: "open failed …
 /// administratively prohibited", and counted.
-async fn session_refused(rig: &mut Rig, extra: &[&str]) -> anyhow::Result<()> {
-    let (_tunnel, peer) = rig.tunnel_up().await?;
+async fn session_refused(rig: &mut TunnelRig, extra: &[&str]) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.openssh_up().await?;
     let before = rig
         .metric("signer_gateway_ssh_refused_requests_total", "kind", "session")
         .await?;
@@ -283,19 +140,19 @@ async fn session_refused(rig: &mut Rig, extra: &[&str]) -> anyhow::Result<()> {
         .metric("signer_gateway_ssh_refused_requests_total", "kind", "session")
         .await?;
     anyhow::ensure!(after > before, "refused_requests{{kind=session}} {before} -> {after}");
-    rig.assert_still_serving(&peer).await
+    assert_still_serving(rig, &peer).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// A key nobody listed: ssh fails with "Permission denied (publickey)", the rejection is
     /// counted, and the tunnel of the real key is untouched.
     unknown_key_is_rejected,
     unknown_key_is_rejected_body
 );
 
-async fn unknown_key_is_rejected_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let (_tunnel, peer) = rig.tunnel_up().await?;
-    let stranger = SshKey::generate(rig.dir.path(), "stranger_ed25519")?;
+async fn unknown_key_is_rejected_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.openssh_up().await?;
+    let stranger = SshKey::generate(rig.dir(), "stranger_ed25519")?;
     let metric = ("signer_gateway_ssh_sessions_total", "result", "rejected_unknown_key");
     let before = rig.metric(metric.0, metric.1, metric.2).await?;
     let forward = format!("0:127.0.0.1:{}", rig.backup.addr().port());
@@ -311,18 +168,18 @@ async fn unknown_key_is_rejected_body(rig: &mut Rig) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    rig.assert_still_serving(&peer).await
+    assert_still_serving(rig, &peer).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// Password authentication: the server offers only `publickey`, so a client limited to
     /// passwords gets "Permission denied (publickey)".
     password_auth_is_refused,
     password_auth_is_refused_body
 );
 
-async fn password_auth_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let (_tunnel, peer) = rig.tunnel_up().await?;
+async fn password_auth_is_refused_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.openssh_up().await?;
     let stderr = ssh_must_fail(
         rig,
         None,
@@ -336,61 +193,61 @@ async fn password_auth_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
     )
     .await?;
     anyhow::ensure!(stderr.contains("Permission denied (publickey)"), "{stderr}");
-    rig.assert_still_serving(&peer).await
+    assert_still_serving(rig, &peer).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `ssh pi@gateway echo hi` with the listed key: no exec.
     exec_is_refused,
     exec_is_refused_body
 );
 
-async fn exec_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn exec_is_refused_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     session_refused(rig, &["--", "echo", "hi"]).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `ssh -tt pi@gateway`: no shell, no pty.
     shell_with_pty_is_refused,
     shell_with_pty_is_refused_body
 );
 
-async fn shell_with_pty_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn shell_with_pty_is_refused_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     session_refused(rig, &["-tt"]).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `ssh -s pi@gateway sftp`: no subsystem.
     subsystem_is_refused,
     subsystem_is_refused_body
 );
 
-async fn subsystem_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn subsystem_is_refused_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     session_refused(rig, &["-s", "--", "sftp"]).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `ssh -A pi@gateway echo hi`: agent forwarding rides on a session channel, refused
     /// before any agent request.
     agent_forwarding_is_refused,
     agent_forwarding_is_refused_body
 );
 
-async fn agent_forwarding_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn agent_forwarding_is_refused_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     session_refused(rig, &["-A", "-o", "ForwardAgent=yes", "--", "echo", "hi"]).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `ssh -N -L <local>:<backup signer>`: a connection to the local port is closed without
     /// a byte from the target, ssh reports "open failed", the refusal is counted.
     direct_tcpip_is_refused,
     direct_tcpip_is_refused_body
 );
 
-async fn direct_tcpip_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn direct_tcpip_is_refused_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let (_tunnel, peer) = rig.tunnel_up().await?;
+    let (_tunnel, peer) = rig.openssh_up().await?;
     let metric = ("signer_gateway_ssh_refused_requests_total", "kind", "direct_tcpip");
     let before = rig.metric(metric.0, metric.1, metric.2).await?;
     // A real service as the target, so a leak would show as an HTTP answer.
@@ -437,21 +294,21 @@ async fn direct_tcpip_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
         after > before,
         "refused_requests{{kind=direct_tcpip}} {before} -> {after}"
     );
-    rig.assert_still_serving(&peer).await
+    assert_still_serving(rig, &peer).await
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `ssh -N -R <path>:<signer>` (a Unix-socket forward): refused, counted, the TCP tunnel
     /// of the same key untouched.
     streamlocal_forward_is_refused,
     streamlocal_forward_is_refused_body
 );
 
-async fn streamlocal_forward_is_refused_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let (_tunnel, peer) = rig.tunnel_up().await?;
+async fn streamlocal_forward_is_refused_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let (_tunnel, peer) = rig.openssh_up().await?;
     let metric = ("signer_gateway_ssh_refused_requests_total", "kind", "streamlocal");
     let before = rig.metric(metric.0, metric.1, metric.2).await?;
-    let forward = format!("{}:{}", rig.dir.path().join("fwd.sock").display(), rig.pi.addr());
+    let forward = format!("{}:{}", rig.dir().join("fwd.sock").display(), rig.pi.addr());
     let stderr = ssh_must_fail(rig, None, &["-N", "-R", &forward, "-o", "ExitOnForwardFailure=yes"]).await?;
     anyhow::ensure!(stderr.contains("forwarding failed"), "{stderr}");
     let after = rig.metric(metric.0, metric.1, metric.2).await?;
@@ -459,13 +316,13 @@ async fn streamlocal_forward_is_refused_body(rig: &mut Rig) -> anyhow::Result<()
         after > before,
         "refused_requests{{kind=streamlocal}} {before} -> {after}"
     );
-    rig.assert_still_serving(&peer).await
+    assert_still_serving(rig, &peer).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Link faults
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The tunnel's link goes silently dead (fault proxy in blackhole): one request every
     /// 100 ms keeps getting 200 (the backup takes over), and the gateway drops the session
     /// within the keepalive bound.
@@ -473,30 +330,26 @@ testkit::rig_test!(Rig;
     blackholed_tunnel_is_dropped_within_keepalive_bound_body
 );
 
-async fn blackholed_tunnel_is_dropped_within_keepalive_bound_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn blackholed_tunnel_is_dropped_within_keepalive_bound_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let proxy = FaultProxy::start(rig.ssh).await?;
     // The client must not give up first (that would close the link, not time it out).
-    let mut ssh = rig.tunnel_via(
+    let mut ssh = rig.openssh(
         proxy.addr(),
         &["-o", "ServerAliveInterval=60", "-o", "ServerAliveCountMax=10"],
     )?;
     ssh.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
-    rig.wait_tunnel_connected(None).await?;
+    rig.wait_tunnel("", SSH_SETTLE).await?;
     rig.sign_ok_by(Served::Pi).await?;
 
     proxy.set_mode(ProxyMode::Blackhole);
     let blackholed = Instant::now();
     let stop = AtomicBool::new(false);
-    // Disjoint borrows: the watcher reads /status while the requests bump the level.
-    let (gw, client, pkh, level) = (&rig.gw, &rig.client, rig.pkh, &mut rig.level);
-    let signers = (&rig.pi, &rig.backup);
+    let rig = &*rig;
 
     // Watch /status for the drop, concurrently with the requests.
     let watch = async {
         let r = eventually(KEEPALIVE_BOUND, "tunnel dropped after the blackhole", || async {
-            let status = gw.status().await?;
-            let t = &status["ssh"]["tunnels"][0];
-            anyhow::ensure!(t["connected"] == false, "still connected: {t}");
+            anyhow::ensure!(rig.tunnel_status().await?["connected"] == false, "still connected");
             Ok(blackholed.elapsed())
         })
         .await;
@@ -506,54 +359,32 @@ async fn blackholed_tunnel_is_dropped_within_keepalive_bound_body(rig: &mut Rig)
         r
     };
     let requests = async {
-        let mut results = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut traffic = Traffic::default();
+        let mut tick = ticker(REQUEST_EVERY);
         while !stop.load(Ordering::SeqCst) {
             tick.tick().await;
-            results.push((blackholed.elapsed(), rig_sign(client, gw, signers, pkh, level).await));
+            rig.sign_into(&mut traffic, blackholed).await;
         }
-        results
+        traffic
     };
-    let (dropped_after, results) = tokio::join!(watch, requests);
+    let (dropped_after, traffic) = tokio::join!(watch, requests);
     let dropped_after = dropped_after?;
 
-    let mut failures = Vec::new();
-    let mut slow = Vec::new();
-    let (mut by_pi, mut by_backup, mut slowest) = (0, 0, Duration::ZERO);
-    for (at, r) in &results {
-        match r {
-            Ok(s) if s.status == StatusCode::OK && s.by != Served::Neither => {
-                // At worst one attempt on the dead link (request_timeout), then the backup.
-                if s.took > REQUEST_TIMEOUT + Duration::from_millis(700) {
-                    slow.push(format!("at {at:?}: took {:?}", s.took));
-                }
-                slowest = slowest.max(s.took);
-                match s.by {
-                    Served::Pi => by_pi += 1,
-                    _ => by_backup += 1,
-                }
-                // Nothing crosses the dead link: every request (all sent after the blackhole)
-                // must have been served by the backup.
-                if s.by != Served::Backup {
-                    failures.push(format!("at {at:?}: served by {:?} through a dead link", s.by));
-                }
-            }
-            Ok(s) => failures.push(format!("at {at:?}: {} {} (by {:?})", s.status, s.body, s.by)),
-            Err(e) => failures.push(format!("at {at:?}: {e:#}")),
-        }
-    }
+    traffic.ensure_all_ok("during the blackhole")?;
+    // Nothing crosses the dead link: every request (all sent after the blackhole) must have
+    // been served by the backup.
     anyhow::ensure!(
-        failures.is_empty(),
-        "{} of {} requests failed during the blackhole: {failures:?}",
-        failures.len(),
-        results.len()
+        traffic.count(Served::Pi) == 0,
+        "served by pi through a dead link: {}",
+        traffic.summary()
     );
+    // At worst one attempt on the dead link (request_timeout), then the backup.
+    let slow = traffic.slower_than(REQUEST_TIMEOUT + Duration::from_millis(700));
     anyhow::ensure!(slow.is_empty(), "requests slower than one failover: {slow:?}");
     anyhow::ensure!(
-        results.len() >= 20,
+        traffic.len() >= 20,
         "only {} requests in {dropped_after:?}",
-        results.len()
+        traffic.len()
     );
     // (max + 1) × interval after the last byte, which came at most one interval before.
     let floor = KEEPALIVE_INTERVAL * KEEPALIVE_MAX;
@@ -578,39 +409,14 @@ async fn blackholed_tunnel_is_dropped_within_keepalive_bound_body(rig: &mut Rig)
     anyhow::ensure!(rig.gw.signer_state("pi").await? == "down", "pi not down");
     rig.sign_ok_by(Served::Backup).await?;
     eprintln!(
-        "blackhole: tunnel dropped {dropped_after:?} after it; {} requests, all 200 \
-         ({by_pi} by pi, {by_backup} by the backup, slowest {slowest:?})",
-        results.len()
+        "blackhole: tunnel dropped {dropped_after:?} after it; {}",
+        traffic.summary()
     );
     ssh.kill().await;
     Ok(())
 }
 
-/// [`Rig::sign`] on borrowed parts (the blackhole test watches /status concurrently).
-async fn rig_sign(
-    client: &Client,
-    gw: &Gateway,
-    (pi, backup): (&TestSignerHandle, &TestSignerHandle),
-    pkh: Pkh,
-    level: &mut i32,
-) -> anyhow::Result<Signed> {
-    *level += 1;
-    let payload = attestation(TEST_CHAIN, *level, 0, 1);
-    let started = Instant::now();
-    let (status, body) = client.sign(gw.api, "", pkh, &payload).await?;
-    let took = started.elapsed();
-    let want = Some(hex::encode(&payload));
-    let by = if pi.stats().last_sign_hex == want {
-        Served::Pi
-    } else if backup.stats().last_sign_hex == want {
-        Served::Backup
-    } else {
-        Served::Neither
-    };
-    Ok(Signed { status, body, took, by })
-}
-
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The Pi reconnects (directly) while its old session, behind a blackholed link, is still
     /// registered: within 1 s of the new forward being accepted the gateway routes to the new
     /// session, without waiting for the keepalive timeout; the old session is closed by the
@@ -619,29 +425,32 @@ testkit::rig_test!(Rig;
     reconnect_replaces_stale_session_at_once_body
 );
 
-async fn reconnect_replaces_stale_session_at_once_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn reconnect_replaces_stale_session_at_once_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     // Through the proxy from 127.0.0.2, so the two sessions' peers differ by address.
     let proxy = FaultProxy::start_with(ProxyOptions {
         source_ip: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
         ..ProxyOptions::new(rig.ssh)
     })
     .await?;
-    let mut old = rig.tunnel_via(
+    let mut old = rig.openssh(
         proxy.addr(),
         &["-o", "ServerAliveInterval=60", "-o", "ServerAliveCountMax=10"],
     )?;
     old.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
-    let old_peer = rig.wait_tunnel_connected(None).await?;
-    anyhow::ensure!(old_peer.starts_with("127.0.0.2:"), "old peer {old_peer}");
+    let old_peer = rig.wait_tunnel("", SSH_SETTLE).await?["peer"].clone();
+    anyhow::ensure!(
+        old_peer.as_str().is_some_and(|p| p.starts_with("127.0.0.2:")),
+        "old peer {old_peer}"
+    );
     rig.sign_ok_by(Served::Pi).await?;
 
     proxy.set_mode(ProxyMode::Blackhole);
     let blackholed = Instant::now();
-    let mut new = rig.tunnel_via(rig.ssh, &[])?;
+    let mut new = rig.openssh(rig.ssh, &[])?;
     let accepted = new.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
 
     // Served by pi (so through the new session: the old one is blackholed) within 1 s.
-    let pi_before = rig.pi.stats().signs;
+    let pi_before = rig.pi.stats().await?.signs;
     let deadline = accepted + Duration::from_secs(1);
     let served_at = loop {
         let s = rig.sign().await?;
@@ -661,7 +470,7 @@ async fn reconnect_replaces_stale_session_at_once_body(rig: &mut Rig) -> anyhow:
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    anyhow::ensure!(rig.pi.stats().signs > pi_before);
+    anyhow::ensure!(rig.pi.stats().await?.signs > pi_before);
     let t = rig.tunnel_status().await?;
     let new_peer = t["peer"].as_str().unwrap_or_default().to_string();
     anyhow::ensure!(
@@ -711,15 +520,15 @@ async fn reconnect_replaces_stale_session_at_once_body(rig: &mut Rig) -> anyhow:
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The Pi's ssh exits cleanly (SIGTERM): the very next request goes to the backup, fast,
     /// and /status shows the tunnel gone.
     closed_tunnel_fails_over_at_once,
     closed_tunnel_fails_over_at_once_body
 );
 
-async fn closed_tunnel_fails_over_at_once_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let (mut ssh, _peer) = rig.tunnel_up().await?;
+async fn closed_tunnel_fails_over_at_once_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let (mut ssh, _peer) = rig.openssh_up().await?;
     // Warm: the pool holds an open channel through the tunnel.
     rig.sign_ok_by(Served::Pi).await?;
     ssh.terminate(Duration::from_secs(5)).await?;
@@ -741,7 +550,7 @@ async fn closed_tunnel_fails_over_at_once_body(rig: &mut Rig) -> anyhow::Result<
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// Two live devices sharing one key keep replacing each other's session: beyond
     /// `ssh.max_replacements_per_minute` (6) the gateway counts a storm and logs an error
     /// naming the likely cause, so an alert fires instead of a silent flap.
@@ -749,10 +558,10 @@ testkit::rig_test!(Rig;
     replacement_storm_is_reported_body
 );
 
-async fn replacement_storm_is_reported_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn replacement_storm_is_reported_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for round in 0..8u32 {
-        let mut c = rig.tunnel_via(rig.ssh, &[])?;
+        let mut c = rig.openssh(rig.ssh, &[])?;
         c.wait_stderr(ALLOCATED, SSH_SETTLE).await?;
         // Each new session takes the route from the previous one.
         let want = f64::from(round);

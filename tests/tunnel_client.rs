@@ -23,20 +23,20 @@
 //! --bins` first) and OpenSSH's `ssh-keygen` (the rig's identity is an OpenSSH-made key, as a
 //! Pi moving from autossh has).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde_json::Value;
-use signer_gateway::tezos::Pkh;
-use tempfile::TempDir;
-use testkit::fault_proxy::{FaultProxy, ProxyMode, ProxyOptions};
-use testkit::harness::{attestation, eventually, Client, Gateway, TestSignerProcess, TEST_CHAIN};
+use testkit::fault_proxy::ProxyMode;
+use testkit::harness::{attestation, eventually, Gateway, TEST_CHAIN};
 use testkit::ssh_client::SshKey;
-use testkit::test_signer::{seed, Mode, TestSigner, TestSignerHandle, TestSignerOptions};
-use testkit::traffic::{Served, Signed, Traffic};
-use testkit::tunnel_harness::{run_to_end, target_dir, tunnel_command, Finished, TunnelClient, TunnelConfig};
+use testkit::test_signer::Mode;
+use testkit::traffic::{Served, Traffic};
+use testkit::tunnel_harness::{run_to_end, target_dir, tunnel_command, Finished, TunnelClient};
+use testkit::tunnel_rig::{
+    ticker, GatewayTiming, PiKind, RigOptions, TunnelRig, CONNECT_SETTLE, HEALTH_SETTLE, REQUEST_EVERY,
+};
 
 /// Gateway `request_timeout`: a failover that waited for it would show.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,231 +48,28 @@ const FAST: Duration = Duration::from_millis(500);
 /// A request that spent one attempt on a dead link (bounded by request_timeout) and then
 /// went to the backup stays under this.
 const ONE_FAILOVER: Duration = REQUEST_TIMEOUT.saturating_add(Duration::from_millis(700));
-/// Time for the client to connect and the pool to see pi up, from a standing start.
-const CONNECT_SETTLE: Duration = Duration::from_secs(10);
-/// Time for the pool to see a change (health interval 200 ms, rise 2).
-const HEALTH_SETTLE: Duration = Duration::from_secs(5);
 /// Scheduling slack on a loaded 2-core machine, added to bounds derived from the configs.
 const SLACK: Duration = Duration::from_secs(3);
-/// Pause between two requests of a request stream.
-const REQUEST_EVERY: Duration = Duration::from_millis(100);
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-/// A loopback port free right now (bind :0, read it, release it), for a listener that must
-/// keep its port across a restart.
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// The gateway config: SSH on a fixed port with the host key in the gateway's dir (both
-/// survive a restart, so the client's address and pin stay valid), `pi` behind the tunnel
-/// first, `backup` over TCP second.
-fn gateway_config(ssh_port: u16, pi_key: &str, backup: SocketAddr) -> String {
-    format!(
-        r#"api: {{listen: 127.0.0.1:0}}
-admin: {{listen: 127.0.0.1:0}}
-watermark: {{backend: file, dir: "{{dir}}/watermarks", create_if_missing: true}}
-ssh:
-  listen: 127.0.0.1:{ssh_port}
-  host_key: "{{dir}}/ssh_host_ed25519_key"
-  keepalive_interval: {}ms
-  keepalive_max: {GW_KEEPALIVE_MAX}
-  tcp_user_timeout: 5s
-  auth_timeout: 10s
-  channel_open_timeout: 1s
-signers:
-  - name: pi
-    tunnel: {{keys: ["{pi_key}"]}}
-  - name: backup
-    address: {backup}
-request_timeout: {}ms
-health_check: {{interval: 200ms, timeout: 300ms, rise: 2, fall: 1}}
-log_format: text
-"#,
-        GW_KEEPALIVE_INTERVAL.as_millis(),
-        REQUEST_TIMEOUT.as_millis(),
-    )
-}
-
-struct Rig {
-    // Fields drop in declaration order: the client, then the proxy and the gateway, then the
-    // signers, and the dir last.
-    tunnel: Option<TunnelClient>,
-    proxy: FaultProxy,
-    gw: Gateway,
-    pi: TestSignerProcess,
-    backup: TestSignerHandle,
-    /// The gateway's SSH listener (fixed across restarts) and host key fingerprint.
-    ssh: SocketAddr,
-    host_key: String,
-    /// The key listed for `pi` (made by ssh-keygen).
-    key: SshKey,
-    http: Client,
-    pkh: Pkh,
-    level: i32,
-    dir: TempDir,
-}
-
-impl Rig {
-    /// Gateway, signers and a proxy in front of the gateway's SSH port that connects from
-    /// each client's own address (so `/status` peers name the client's "uplink"). No tunnel
-    /// client yet.
-    async fn start() -> anyhow::Result<Rig> {
-        let dir = tempfile::Builder::new().prefix("tunnel-client-").tempdir()?;
-        let key = SshKey::generate(dir.path(), "pi_ed25519")?;
-        let pi = TestSignerProcess::start(&[seed(11)], Mode::Ok).await?;
-        let backup = TestSigner::spawn(TestSignerOptions {
-            seeds: vec![seed(11)],
-            ..TestSignerOptions::default()
-        })
-        .await?;
-        let ssh_port = free_port()?;
-        let gw = Gateway::start_in(dir.path(), &gateway_config(ssh_port, &key.public, backup.addr())).await?;
-        let (ssh, host_key) = gw.ssh_endpoint()?;
-        anyhow::ensure!(ssh.port() == ssh_port, "ssh listens on {ssh}, configured {ssh_port}");
-        gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
-        let proxy = FaultProxy::start_with(ProxyOptions {
-            keep_client_ip: true,
-            ..ProxyOptions::new(ssh)
-        })
-        .await?;
-        let pkh = pi.pkhs()[0];
-        Ok(Rig {
-            tunnel: None,
-            proxy,
-            gw,
-            pi,
-            backup,
-            ssh,
-            host_key,
-            key,
-            http: Client::new().with_timeout(Duration::from_secs(10)),
-            pkh,
-            level: 0,
-            dir,
-        })
-    }
-
-    /// A client config: through the proxy, pinning the real host key, with the listed key.
-    fn tunnel_config(&self) -> TunnelConfig {
-        TunnelConfig::new(self.proxy.addr(), &self.host_key, &self.key.private, self.pi.addr())
-    }
-
-    /// Start `signer-tunnel run` with `config` in the rig's dir.
-    fn start_tunnel(&mut self, config: &TunnelConfig) -> anyhow::Result<()> {
-        self.tunnel = Some(TunnelClient::start(self.dir.path(), config)?);
-        Ok(())
-    }
-
-    fn tunnel(&self) -> anyhow::Result<&TunnelClient> {
-        self.tunnel.as_ref().context("no tunnel client started")
-    }
-
-    /// pi's entry in `/status` `ssh.tunnels`.
-    async fn tunnel_status(&self) -> anyhow::Result<Value> {
-        let status = self.gw.status().await?;
-        status["ssh"]["tunnels"]
-            .as_array()
-            .and_then(|t| t.iter().find(|t| t["signer"] == "pi"))
-            .cloned()
-            .with_context(|| format!("no ssh.tunnels entry for pi in /status: {status}"))
-    }
-
-    /// Wait until pi's tunnel is connected from a peer starting with `peer_prefix` and the
-    /// pool has pi up; returns the tunnel's status entry.
-    async fn wait_tunnel(&self, peer_prefix: &str, within: Duration) -> anyhow::Result<Value> {
-        let t = eventually(
-            within,
-            &format!("pi's tunnel connected from {peer_prefix}*"),
-            || async {
-                let t = self.tunnel_status().await?;
-                anyhow::ensure!(t["connected"] == true, "not connected: {t}");
-                let peer = t["peer"].as_str().context("no peer")?;
-                anyhow::ensure!(peer.starts_with(peer_prefix), "peer {peer}: {t}");
-                Ok(t)
-            },
-        )
-        .await?;
-        self.gw.wait_signers_up(&["pi"], HEALTH_SETTLE).await?;
-        Ok(t)
-    }
-
-    /// The value of one series in `/metrics` (0 when absent).
-    async fn metric(&self, name: &str, label: &str, value: &str) -> anyhow::Result<f64> {
-        self.gw.metric(name, label, value).await
-    }
-
-    /// Sign a fresh attestation (next level) and tell who served it.
-    async fn sign(&mut self) -> anyhow::Result<Signed> {
-        self.level += 1;
-        let payload = attestation(TEST_CHAIN, self.level, 0, 1);
-        let started = Instant::now();
-        let (status, body) = self.http.sign(self.gw.api, "", self.pkh, &payload).await?;
-        let took = started.elapsed();
-        let want = Some(hex::encode(&payload));
-        let by = if self.backup.stats().last_sign_hex == want {
-            Served::Backup
-        } else if self.pi.is_running() && self.pi.stats().await.is_ok_and(|s| s.last_sign_hex == want) {
-            Served::Pi
-        } else {
-            Served::Neither
-        };
-        Ok(Signed { status, body, took, by })
-    }
-
-    /// A sign answered 200 with a signature, by `by`.
-    async fn sign_ok_by(&mut self, by: Served) -> anyhow::Result<Signed> {
-        let s = self.sign().await?;
-        anyhow::ensure!(s.ok(), "sign: {} {}", s.status, s.body);
-        anyhow::ensure!(s.by == by, "served by {:?}, expected {by:?}: {s:?}", s.by);
-        Ok(s)
-    }
-
-    /// Send a request every [`REQUEST_EVERY`] until one is served by pi; fail after
-    /// `within`. Returns the time taken and the traffic.
-    async fn until_pi_serves(&mut self, within: Duration) -> anyhow::Result<(Duration, Traffic)> {
-        let start = Instant::now();
-        let mut traffic = Traffic::default();
-        let mut tick = tokio::time::interval(REQUEST_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let r = self.sign().await;
-            let by_pi = r.as_ref().is_ok_and(|s| s.ok() && s.by == Served::Pi);
-            traffic.record(start.elapsed(), r);
-            if by_pi {
-                return Ok((start.elapsed(), traffic));
-            }
-            anyhow::ensure!(
-                start.elapsed() < within,
-                "pi did not serve within {within:?} ({}); tunnel: {}{}",
-                traffic.summary(),
-                self.tunnel_status().await.unwrap_or_default(),
-                self.tunnel.as_ref().map(|t| t.log_tail(30)).unwrap_or_default()
-            );
-        }
-    }
-
-    /// Start the client with `config`, wait for the tunnel (peer `peer_prefix`) and a first
-    /// signature by pi.
-    async fn tunnel_up(&mut self, config: &TunnelConfig, peer_prefix: &str) -> anyhow::Result<Value> {
-        self.start_tunnel(config)?;
-        let t = self.wait_tunnel(peer_prefix, CONNECT_SETTLE).await?;
-        self.until_pi_serves(HEALTH_SETTLE).await?;
-        Ok(t)
-    }
-
-    /// Panic with `result`'s error (the gateway's and the client's log tails are printed as
-    /// the rig drops).
-    fn check(self, result: anyhow::Result<()>) {
-        if let Err(e) = result {
-            panic!("{e:#}\n(test dir {})", self.dir.path().display());
-        }
-    }
+/// The rig: `pi` a `test-signer` process (to kill it for real) behind the tunnel, `backup` over
+/// TCP, and the proxy in front of the gateway's SSH port, which connects from each client's own
+/// address (so `/status` peers name the client's "uplink"). No tunnel client yet.
+async fn start() -> anyhow::Result<TunnelRig> {
+    TunnelRig::start(RigOptions {
+        pi: PiKind::Process,
+        proxy: true,
+        timing: GatewayTiming {
+            request_timeout: Some(REQUEST_TIMEOUT),
+            keepalive: Some((GW_KEEPALIVE_INTERVAL, GW_KEEPALIVE_MAX)),
+            ..GatewayTiming::fast()
+        },
+        ..RigOptions::new("tunnel-client-")
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,12 +82,12 @@ const BACK_SLACK: Duration = Duration::from_millis(500);
 
 /// One outage of `outage`: blackhole, then restore with every connection that lived through
 /// it left frozen (as a NAT or LTE link forgets its flows). Returns restore → pi serving.
-async fn outage_then_back(rig: &mut Rig, outage: Duration) -> anyhow::Result<Duration> {
-    let config = TunnelConfig::production(rig.proxy.addr(), &rig.host_key, &rig.key.private, rig.pi.addr());
+async fn outage_then_back(rig: &mut TunnelRig, outage: Duration) -> anyhow::Result<Duration> {
+    let config = rig.production_tunnel_config();
     rig.tunnel_up(&config, "127.0.0.1:").await?;
-    rig.proxy.set_mode(ProxyMode::Blackhole);
+    rig.proxy()?.set_mode(ProxyMode::Blackhole);
     tokio::time::sleep(outage).await;
-    rig.proxy.restore_leaving_frozen();
+    rig.proxy()?.restore_leaving_frozen();
     let (back, _) = rig
         .until_pi_serves(BACK_WITHIN + BACK_SLACK + Duration::from_secs(10))
         .await?;
@@ -306,17 +103,12 @@ async fn back_within_two_seconds_after_any_outage() {
     for (i, secs) in (3..=15u64).enumerate() {
         runs.spawn(async move {
             tokio::time::sleep(Duration::from_millis(150 * i as u64)).await;
-            let mut rig = Rig::start().await.expect("starting the rig");
+            let mut rig = start().await.expect("starting the rig");
             let outage = Duration::from_secs(secs) + Duration::from_millis(77 * i as u64 % 1000);
             let result = outage_then_back(&mut rig, outage).await;
             (
                 outage,
-                result.map_err(|e| {
-                    format!(
-                        "{e:#}\n{}",
-                        rig.tunnel.as_ref().map(|t| t.log_tail(20)).unwrap_or_default()
-                    )
-                }),
+                result.map_err(|e| format!("{e:#}\n{}", rig.tunnel_log_tail(20))),
             )
         });
     }
@@ -344,7 +136,7 @@ async fn back_within_two_seconds_after_any_outage() {
     );
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// A Pi with two uplinks whose preferred path freezes silently (the proxy stops moving
     /// its bytes, as a dead Ethernet link does) signs again over the other uplink within 2 s:
     /// the first unanswered liveness ping opens a session over the other uplink, which takes
@@ -353,12 +145,12 @@ testkit::rig_test!(Rig;
     pi_signs_over_the_other_uplink_within_two_seconds_body
 );
 
-async fn pi_signs_over_the_other_uplink_within_two_seconds_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn pi_signs_over_the_other_uplink_within_two_seconds_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let (preferred, other) = (ip(2), ip(3));
-    let mut config = TunnelConfig::production(rig.proxy.addr(), &rig.host_key, &rig.key.private, rig.pi.addr());
+    let mut config = rig.production_tunnel_config();
     config.uplinks = vec![preferred, other];
     rig.tunnel_up(&config, "127.0.0.2:").await?;
-    rig.proxy.set_mode_for_source(preferred, ProxyMode::Blackhole);
+    rig.proxy()?.set_mode_for_source(preferred, ProxyMode::Blackhole);
     let (took, traffic) = rig
         .until_pi_serves(BACK_WITHIN + BACK_SLACK + Duration::from_secs(10))
         .await?;
@@ -384,20 +176,20 @@ async fn pi_signs_over_the_other_uplink_within_two_seconds_body(rig: &mut Rig) -
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The client connects through the proxy, the gateway shows its tunnel, and signatures
     /// flow through it: pi's signer counts them, the backup's does not.
     signatures_flow_through_the_tunnel,
     signatures_flow_through_the_tunnel_body
 );
 
-async fn signatures_flow_through_the_tunnel_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn signatures_flow_through_the_tunnel_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let started = Instant::now();
     let config = rig.tunnel_config();
     let t = rig.tunnel_up(&config, "127.0.0.1:").await?;
     let up_after = started.elapsed();
     anyhow::ensure!(t["replacements"] == 0 && t["connected_since"].is_string(), "{t}");
-    anyhow::ensure!(rig.proxy.accepted() >= 1, "the client did not go through the proxy");
+    anyhow::ensure!(rig.proxy()?.accepted() >= 1, "the client did not go through the proxy");
     let pi_before = rig.pi.stats().await?.signs;
     let backup_before = rig.backup.stats().signs;
     for _ in 0..5 {
@@ -445,7 +237,7 @@ async fn signatures_flow_through_the_tunnel_body(rig: &mut Rig) -> anyhow::Resul
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The link goes silently dead (proxy blackhole): every request still gets a signature
     /// (backup), the client notices by its keepalives and keeps retrying; once the link is
     /// restored pi serves again soon. Prints the time from restore to pi serving.
@@ -453,23 +245,21 @@ testkit::rig_test!(Rig;
     blackholed_link_recovers_after_restore_body
 );
 
-async fn blackholed_link_recovers_after_restore_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn blackholed_link_recovers_after_restore_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let config = rig.tunnel_config();
     rig.tunnel_up(&config, "127.0.0.1:").await?;
 
-    rig.proxy.set_mode(ProxyMode::Blackhole);
+    rig.proxy()?.set_mode(ProxyMode::Blackhole);
     let blackholed = Instant::now();
     // Client keepalives: (max + 1) × interval after the last byte.
     let notice_bound = config.keepalive_interval * (config.keepalive_max + 1) + SLACK;
     let mut traffic = Traffic::default();
-    let mut tick = tokio::time::interval(REQUEST_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(REQUEST_EVERY);
     // Requests until the client noticed and failed at least one reconnect through the dead
     // link (it must keep trying, not give up).
     let (noticed, retried) = loop {
         tick.tick().await;
-        let r = rig.sign().await;
-        traffic.record(blackholed.elapsed(), r);
+        rig.sign_into(&mut traffic, blackholed).await;
         let tunnel = rig.tunnel()?;
         let ended = tunnel.log_lines("session ended").first().map(|(at, _)| *at);
         if let Some(ended) = ended {
@@ -510,7 +300,7 @@ async fn blackholed_link_recovers_after_restore_body(rig: &mut Rig) -> anyhow::R
     );
     let blackhole_traffic = traffic.summary();
 
-    rig.proxy.set_mode(ProxyMode::Pass);
+    rig.proxy()?.set_mode(ProxyMode::Pass);
     // Back at the latest after the longest backoff plus a connect and a probe.
     let bound = config.backoff_max + SLACK;
     let (restore_to_pi, after) = rig.until_pi_serves(bound).await?;
@@ -525,22 +315,22 @@ async fn blackholed_link_recovers_after_restore_body(rig: &mut Rig) -> anyhow::R
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The gateway is killed and restarted in the same dir (same SSH port and host key): the
     /// client is back within its backoff.
     gateway_restart_client_returns_within_backoff,
     gateway_restart_client_returns_within_backoff_body
 );
 
-async fn gateway_restart_client_returns_within_backoff_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn gateway_restart_client_returns_within_backoff_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let config = rig.tunnel_config();
     rig.tunnel_up(&config, "127.0.0.1:").await?;
     rig.sign_ok_by(Served::Pi).await?;
     rig.sign_ok_by(Served::Pi).await?;
-    let level_before = rig.level;
+    let level_before = rig.level();
 
     let killed = Instant::now();
-    rig.gw.restart().await?;
+    rig.restart_gateway().await?;
     let ready = Instant::now();
     let (ssh, host_key) = rig.gw.ssh_endpoint()?;
     anyhow::ensure!(
@@ -568,7 +358,7 @@ async fn gateway_restart_client_returns_within_backoff_body(rig: &mut Rig) -> an
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The local signer dies: the gateway fails over at once (every request served by the
     /// backup, each well under request_timeout), the client withdraws the forward (the
     /// tunnel shows disconnected, pi down); when the signer returns, the client requests the
@@ -577,26 +367,24 @@ testkit::rig_test!(Rig;
     local_signer_down_withdraws_and_resumes_body
 );
 
-async fn local_signer_down_withdraws_and_resumes_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn local_signer_down_withdraws_and_resumes_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let config = rig.tunnel_config();
     rig.tunnel_up(&config, "127.0.0.1:").await?;
     // Warm: the pool holds an open channel through the tunnel.
     rig.sign_ok_by(Served::Pi).await?;
 
-    rig.pi.kill();
+    rig.pi.kill()?;
     let killed = Instant::now();
     // `fall` failed probes, plus scheduling.
     let withdraw_bound = config.health_interval * (config.health_fall + 1) + config.health_timeout + SLACK;
     let mut traffic = Traffic::default();
-    let mut tick = tokio::time::interval(REQUEST_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(REQUEST_EVERY);
     let mut withdrawn = None;
     // Requests until the forward is withdrawn, then ten more.
     let mut after_withdrawal = 0;
     while after_withdrawal < 10 {
         tick.tick().await;
-        let r = rig.sign().await;
-        traffic.record(killed.elapsed(), r);
+        rig.sign_into(&mut traffic, killed).await;
         if withdrawn.is_none() {
             let t = rig.tunnel_status().await?;
             if t["connected"] == false {
@@ -652,15 +440,15 @@ async fn local_signer_down_withdraws_and_resumes_body(rig: &mut Rig) -> anyhow::
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The client starts while the local signer is down: it connects without the forward
     /// (no route, the backup serves) and requests it once the signer answers.
     starts_without_forward_while_local_signer_down,
     starts_without_forward_while_local_signer_down_body
 );
 
-async fn starts_without_forward_while_local_signer_down_body(rig: &mut Rig) -> anyhow::Result<()> {
-    rig.pi.kill();
+async fn starts_without_forward_while_local_signer_down_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    rig.pi.kill()?;
     let config = rig.tunnel_config();
     rig.start_tunnel(&config)?;
     rig.tunnel()?.wait_log("session up", None, CONNECT_SETTLE).await?;
@@ -696,7 +484,7 @@ async fn starts_without_forward_while_local_signer_down_body(rig: &mut Rig) -> a
 // ---------------------------------------------------------------------------------------------
 // Two uplinks
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// Two uplinks (sources 127.0.0.2 preferred, 127.0.0.3), each its own link through the
     /// proxy. The preferred one goes silent: the client moves to the other (the gateway shows
     /// the peer from 127.0.0.3) while every request still gets a signature. It heals: the
@@ -706,7 +494,7 @@ testkit::rig_test!(Rig;
     uplink_failover_and_switch_back_body
 );
 
-async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn uplink_failover_and_switch_back_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let (preferred, other) = (ip(2), ip(3));
     let mut config = rig.tunnel_config();
     config.uplinks = vec![preferred, other];
@@ -714,19 +502,20 @@ async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<(
     config.connect_timeout = Duration::from_secs(2);
     let t = rig.tunnel_up(&config, "127.0.0.2:").await?;
     anyhow::ensure!(t["replacements"] == 0, "{t}");
-    anyhow::ensure!(rig.proxy.accepted_from(other) == 0, "the worse uplink was used first");
+    anyhow::ensure!(
+        rig.proxy()?.accepted_from(other) == 0,
+        "the worse uplink was used first"
+    );
 
     // The preferred link dies silently.
-    rig.proxy.set_mode_for_source(preferred, ProxyMode::Blackhole);
+    rig.proxy()?.set_mode_for_source(preferred, ProxyMode::Blackhole);
     let blackholed = Instant::now();
     let move_bound = config.keepalive_interval * (config.keepalive_max + 1) + config.backoff_max + SLACK;
     let mut traffic = Traffic::default();
-    let mut tick = tokio::time::interval(REQUEST_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(REQUEST_EVERY);
     let moved = loop {
         tick.tick().await;
-        let r = rig.sign().await;
-        traffic.record(blackholed.elapsed(), r);
+        rig.sign_into(&mut traffic, blackholed).await;
         let t = rig.tunnel_status().await?;
         if t["connected"] == true && t["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.3:")) {
             break blackholed.elapsed();
@@ -746,12 +535,12 @@ async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<(
 
     // While the preferred uplink stays dead, the client keeps trying it (every uplink_retry)
     // and stays on the other one.
-    let tries_before = rig.proxy.accepted_from(preferred);
+    let tries_before = rig.proxy()?.accepted_from(preferred);
     eventually(
         config.uplink_retry * 2 + SLACK,
         "the client retries the preferred uplink",
         || async {
-            let tries = rig.proxy.accepted_from(preferred);
+            let tries = rig.proxy()?.accepted_from(preferred);
             anyhow::ensure!(tries > tries_before, "{tries} connections from {preferred}");
             Ok(())
         },
@@ -767,7 +556,7 @@ async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<(
     let switches_before = rig.tunnel()?.log_lines("uplink switch").len();
 
     // It heals: the client moves back, make-before-break.
-    rig.proxy.set_mode_for_source(preferred, ProxyMode::Pass);
+    rig.proxy()?.set_mode_for_source(preferred, ProxyMode::Pass);
     let restored = Instant::now();
     let back_bound = config.uplink_retry + config.connect_timeout + SLACK;
     let mut traffic = Traffic::default();
@@ -776,8 +565,7 @@ async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<(
     // A request every 100 ms across the switch, and for a second after it.
     while after_back < 10 {
         tick.tick().await;
-        let r = rig.sign().await;
-        traffic.record(restored.elapsed(), r);
+        rig.sign_into(&mut traffic, restored).await;
         if back.is_some() {
             after_back += 1;
             continue;
@@ -833,7 +621,7 @@ async fn uplink_failover_and_switch_back_body(rig: &mut Rig) -> anyhow::Result<(
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// With two uplinks, a gateway restart: the client is back within its backoff, and on
     /// the preferred uplink within uplink_retry at the latest. (It currently comes back on
     /// the other uplink first, then switches: the uplink of a session that ended is tried
@@ -842,14 +630,14 @@ testkit::rig_test!(Rig;
     gateway_restart_with_two_uplinks_ends_on_preferred_body
 );
 
-async fn gateway_restart_with_two_uplinks_ends_on_preferred_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn gateway_restart_with_two_uplinks_ends_on_preferred_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let mut config = rig.tunnel_config();
     config.uplinks = vec![ip(2), ip(3)];
     config.uplink_retry = Duration::from_secs(2);
     config.connect_timeout = Duration::from_secs(2);
     rig.tunnel_up(&config, "127.0.0.2:").await?;
 
-    rig.gw.restart().await?;
+    rig.restart_gateway().await?;
     let ready = Instant::now();
     rig.gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
     let bound = config.backoff_max + SLACK;
@@ -868,7 +656,7 @@ async fn gateway_restart_with_two_uplinks_ends_on_preferred_body(rig: &mut Rig) 
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// While the client tries a better uplink that is silently dead (each attempt lasts up to
     /// connect_timeout), it must keep probing its local signer: a signer that dies meanwhile
     /// gets its forward withdrawn within `fall` probes, not after the attempt.
@@ -876,23 +664,23 @@ testkit::rig_test!(Rig;
     health_checks_run_during_a_better_uplink_attempt_body
 );
 
-async fn health_checks_run_during_a_better_uplink_attempt_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn health_checks_run_during_a_better_uplink_attempt_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let mut config = rig.tunnel_config();
     config.uplinks = vec![ip(2), ip(3)];
     config.uplink_retry = Duration::from_secs(1);
     // Long, so a stalled loop stands out from scheduling noise.
     config.connect_timeout = Duration::from_secs(8);
     rig.tunnel_up(&config, "127.0.0.2:").await?;
-    rig.proxy.set_mode_for_source(ip(2), ProxyMode::Blackhole);
+    rig.proxy()?.set_mode_for_source(ip(2), ProxyMode::Blackhole);
     rig.wait_tunnel("127.0.0.3:", CONNECT_SETTLE).await?;
     // An attempt on the dead preferred uplink is under way.
-    let tries = rig.proxy.accepted_from(ip(2));
+    let tries = rig.proxy()?.accepted_from(ip(2));
     eventually(config.uplink_retry * 2 + SLACK, "a better-uplink attempt", || async {
-        anyhow::ensure!(rig.proxy.accepted_from(ip(2)) > tries);
+        anyhow::ensure!(rig.proxy()?.accepted_from(ip(2)) > tries);
         Ok(())
     })
     .await?;
-    rig.pi.kill();
+    rig.pi.kill()?;
     let killed = Instant::now();
     let bound = config.health_interval * (config.health_fall + 1) + config.health_timeout + SLACK;
     eventually(bound, "forward withdrawn during the attempt", || async {
@@ -927,7 +715,7 @@ fn other_fingerprint(dir: &Path) -> anyhow::Result<String> {
     Ok(fp.to_string())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// The client pins a fingerprint that is not the gateway's: it never authenticates (no
     /// accepted session, no tunnel), logs a SECURITY error naming the host key mismatch and
     /// both fingerprints, retries only every host_key_mismatch_retry; `check` exits 1 and
@@ -936,8 +724,8 @@ testkit::rig_test!(Rig;
     wrong_host_key_never_authenticates_body
 );
 
-async fn wrong_host_key_never_authenticates_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let wrong = other_fingerprint(rig.dir.path())?;
+async fn wrong_host_key_never_authenticates_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let wrong = other_fingerprint(rig.dir())?;
     anyhow::ensure!(wrong != rig.host_key);
     let mut config = rig.tunnel_config();
     config.host_key = wrong.clone();
@@ -989,10 +777,7 @@ async fn wrong_host_key_never_authenticates_body(rig: &mut Rig) -> anyhow::Resul
         errors.len(),
         config.host_key_mismatch_retry
     );
-    anyhow::ensure!(
-        rig.tunnel.as_mut().unwrap().try_status()?.is_none(),
-        "the client exited"
-    );
+    anyhow::ensure!(rig.tunnel_mut()?.try_status()?.is_none(), "the client exited");
 
     // `check` with the same config: exit 1, naming the mismatch.
     let config_path = rig.tunnel()?.config_path();
@@ -1021,7 +806,7 @@ async fn wrong_host_key_never_authenticates_body(rig: &mut Rig) -> anyhow::Resul
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// Two gateways configured, the first presenting another host key (a decoy: a wrong
     /// entry, or a path that is intercepted): the client logs the SECURITY error for it and
     /// connects to the second, whose key matches, instead of waiting host_key_mismatch_retry.
@@ -1029,17 +814,17 @@ testkit::rig_test!(Rig;
     host_key_mismatch_on_one_gateway_does_not_block_the_others_body
 );
 
-async fn host_key_mismatch_on_one_gateway_does_not_block_the_others_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn host_key_mismatch_on_one_gateway_does_not_block_the_others_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let decoy_dir = tempfile::Builder::new().prefix("tunnel-client-decoy-").tempdir()?;
     let decoy = Gateway::start_in(
         decoy_dir.path(),
-        &gateway_config(free_port()?, &rig.key.public, rig.backup.addr()),
+        &rig.options().gateway_yaml(0, &rig.key.public, rig.backup.addr()),
     )
     .await?;
     let (decoy_ssh, decoy_fp) = decoy.ssh_endpoint()?;
     anyhow::ensure!(decoy_fp != rig.host_key);
     let mut config = rig.tunnel_config();
-    config.gateways = vec![decoy_ssh, rig.proxy.addr()];
+    config.gateways = vec![decoy_ssh, rig.proxy()?.addr()];
     rig.start_tunnel(&config)?;
     rig.wait_tunnel("127.0.0.1:", CONNECT_SETTLE).await?;
     let tunnel = rig.tunnel()?;
@@ -1083,7 +868,7 @@ fn ensure_check_steps(check: &Finished) -> anyhow::Result<()> {
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `keygen` writes a 0600 private key and a .pub, prints the public line and refuses to
     /// overwrite; the gateway accepts that line: `check` with the new key exits 0 printing
     /// each step. `check` with the local signer down, or a key nobody listed, exits 1.
@@ -1091,10 +876,10 @@ testkit::rig_test!(Rig;
     keygen_and_check_body
 );
 
-async fn keygen_and_check_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn keygen_and_check_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
 
-    let key_path = rig.dir.path().join("pi_id");
+    let key_path = rig.dir().join("pi_id");
     let keygen = run_to_end(
         tunnel_command(&["keygen", "--out", path_str(&key_path)?, "--comment", "pi@test"])?,
         Duration::from_secs(10),
@@ -1108,7 +893,7 @@ async fn keygen_and_check_body(rig: &mut Rig) -> anyhow::Result<()> {
     );
     let mode = std::fs::metadata(&key_path)?.permissions().mode() & 0o777;
     anyhow::ensure!(mode == 0o600, "private key mode {mode:o}");
-    let pub_text = std::fs::read_to_string(rig.dir.path().join("pi_id.pub"))?;
+    let pub_text = std::fs::read_to_string(rig.dir().join("pi_id.pub"))?;
     anyhow::ensure!(pub_text.trim() == line, ".pub {pub_text:?} vs printed {line:?}");
     let again = run_to_end(
         tunnel_command(&["keygen", "--out", path_str(&key_path)?])?,
@@ -1116,17 +901,15 @@ async fn keygen_and_check_body(rig: &mut Rig) -> anyhow::Result<()> {
     )
     .await?;
     anyhow::ensure!(again.code() == Some(1), "keygen overwrote a key: {again}");
-    anyhow::ensure!(std::fs::read_to_string(rig.dir.path().join("pi_id.pub"))? == pub_text);
+    anyhow::ensure!(std::fs::read_to_string(rig.dir().join("pi_id.pub"))? == pub_text);
 
     // The gateway, restarted with the new line listed for pi.
-    let backup = rig.backup.addr();
-    rig.gw
-        .restart_with(&gateway_config(rig.ssh.port(), &line, backup))
-        .await?;
+    let yaml = rig.gateway_yaml(&line);
+    rig.gw.restart_with(&yaml).await?;
     rig.gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
     let mut config = rig.tunnel_config();
     config.identity = key_path.clone();
-    let config_path = rig.dir.path().join("check.yaml");
+    let config_path = rig.dir().join("check.yaml");
     config.write(&config_path)?;
     let check = run_to_end(
         tunnel_command(&["--config", path_str(&config_path)?, "check", "--forward"])?,
@@ -1154,7 +937,7 @@ async fn keygen_and_check_body(rig: &mut Rig) -> anyhow::Result<()> {
 
     // The old (OpenSSH-made) key is no longer listed: authentication refused, exit 1.
     let stranger = rig.tunnel_config();
-    let stranger_path = rig.dir.path().join("stranger.yaml");
+    let stranger_path = rig.dir().join("stranger.yaml");
     stranger.write(&stranger_path)?;
     let refused = run_to_end(
         tunnel_command(&["--config", path_str(&stranger_path)?, "check"])?,
@@ -1168,7 +951,7 @@ async fn keygen_and_check_body(rig: &mut Rig) -> anyhow::Result<()> {
     );
 
     // Local signer down: exit 1, naming it.
-    rig.pi.kill();
+    rig.pi.kill()?;
     let down = run_to_end(
         tunnel_command(&["--config", path_str(&config_path)?, "check"])?,
         Duration::from_secs(20),
@@ -1183,14 +966,14 @@ async fn keygen_and_check_body(rig: &mut Rig) -> anyhow::Result<()> {
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// `check` run on a Pi whose service is up (what an operator does to diagnose it) must
     /// not disturb the live tunnel: no replacement, no reconnect, pi keeps serving.
     check_leaves_a_running_tunnel_alone,
     check_leaves_a_running_tunnel_alone_body
 );
 
-async fn check_leaves_a_running_tunnel_alone_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn check_leaves_a_running_tunnel_alone_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let config = rig.tunnel_config();
     rig.tunnel_up(&config, "127.0.0.1:").await?;
     let before = rig.tunnel_status().await?;
@@ -1204,8 +987,7 @@ async fn check_leaves_a_running_tunnel_alone_body(rig: &mut Rig) -> anyhow::Resu
     let mut traffic = Traffic::default();
     let start = Instant::now();
     for _ in 0..10 {
-        let r = rig.sign().await;
-        traffic.record(start.elapsed(), r);
+        rig.sign_into(&mut traffic, start).await;
         tokio::time::sleep(REQUEST_EVERY).await;
     }
     let after = rig.tunnel_status().await?;
@@ -1286,12 +1068,12 @@ async fn aarch64_build_under_qemu() {
         return;
     }
     let qemu = qemu.unwrap();
-    let mut rig = Rig::start().await.expect("starting the rig");
+    let mut rig = start().await.expect("starting the rig");
     let result = aarch64_body(&mut rig, &qemu, &bin).await;
     rig.check(result);
 }
 
-async fn aarch64_body(rig: &mut Rig, qemu: &Path, bin: &Path) -> anyhow::Result<()> {
+async fn aarch64_body(rig: &mut TunnelRig, qemu: &Path, bin: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(
         is_aarch64_elf(bin)?,
         "{} is not an aarch64 ELF executable",
@@ -1306,7 +1088,7 @@ async fn aarch64_body(rig: &mut Rig, qemu: &Path, bin: &Path) -> anyhow::Result<
     let mut config = rig.tunnel_config();
     config.connect_timeout = Duration::from_secs(20);
     config.health_timeout = Duration::from_secs(5);
-    let config_path = rig.dir.path().join("aarch64.yaml");
+    let config_path = rig.dir().join("aarch64.yaml");
     config.write(&config_path)?;
     let check = run_to_end(
         qemu_command(qemu, bin, &["--config", path_str(&config_path)?, "check", "--forward"]),
@@ -1325,14 +1107,14 @@ async fn aarch64_body(rig: &mut Rig, qemu: &Path, bin: &Path) -> anyhow::Result<
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// After a long gateway outage the client's backoff has grown to seconds; when the gateway
     /// is back it must not wait that out: a cheap TCP check every second cuts the backoff short.
     long_outage_recovers_without_waiting_out_the_backoff,
     long_outage_recovers_without_waiting_out_the_backoff_body
 );
 
-async fn long_outage_recovers_without_waiting_out_the_backoff_body(rig: &mut Rig) -> anyhow::Result<()> {
+async fn long_outage_recovers_without_waiting_out_the_backoff_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     let mut config = rig.tunnel_config();
     config.backoff_initial = Duration::from_secs(1);
     config.backoff_max = Duration::from_secs(8);
@@ -1342,7 +1124,7 @@ async fn long_outage_recovers_without_waiting_out_the_backoff_body(rig: &mut Rig
     rig.gw.kill();
     // Long enough for several failed attempts: the delay in force is now 2-8 s.
     tokio::time::sleep(Duration::from_secs(9)).await;
-    rig.gw.restart().await?;
+    rig.restart_gateway().await?;
     let ready = Instant::now();
     rig.gw.wait_signers_up(&["backup"], HEALTH_SETTLE).await?;
     let bound = Duration::from_secs(1) + SLACK;
@@ -1378,7 +1160,7 @@ async fn notifications_until(
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// systemd `Type=notify`: READY=1 as soon as the supervisor runs, STATUS lines saying
     /// whether it forwards, naming the uplink and the gateway, WATCHDOG=1 pings (fed from the
     /// supervisor's loop) when WatchdogSec is set, STOPPING=1 on SIGTERM. The notify socket is
@@ -1387,12 +1169,12 @@ testkit::rig_test!(Rig;
     systemd_notifications_body
 );
 
-async fn systemd_notifications_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let sock_path = rig.dir.path().join("notify.sock");
+async fn systemd_notifications_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let sock_path = rig.dir().join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path)?;
     let config = rig.tunnel_config();
     let client = TunnelClient::start_with_env(
-        rig.dir.path(),
+        rig.dir(),
         &config,
         &[("NOTIFY_SOCKET", path_str(&sock_path)?), ("WATCHDOG_USEC", "400000")],
     )?;
@@ -1435,7 +1217,7 @@ async fn systemd_notifications_body(rig: &mut Rig) -> anyhow::Result<()> {
     Ok(())
 }
 
-testkit::rig_test!(Rig;
+testkit::rig_test!(with start;
     /// A Pi that boots with its signer down (a locked Ledger, a signer still starting) reaches
     /// READY, so systemd's start timeout does not restart it, and says in STATUS that it does
     /// not forward; once the signer answers, STATUS says it serves.
@@ -1443,13 +1225,13 @@ testkit::rig_test!(Rig;
     systemd_ready_with_the_signer_down_body
 );
 
-async fn systemd_ready_with_the_signer_down_body(rig: &mut Rig) -> anyhow::Result<()> {
-    let sock_path = rig.dir.path().join("notify.sock");
+async fn systemd_ready_with_the_signer_down_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    let sock_path = rig.dir().join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path)?;
-    rig.pi.kill();
+    rig.pi.kill()?;
     let config = rig.tunnel_config();
     rig.tunnel = Some(TunnelClient::start_with_env(
-        rig.dir.path(),
+        rig.dir(),
         &config,
         &[("NOTIFY_SOCKET", path_str(&sock_path)?)],
     )?);

@@ -11,6 +11,8 @@
 //! - [`ssh_client`]: stock OpenSSH clients (`ssh -R`) and keys.
 //! - [`fault_proxy`]: a TCP proxy that blackholes, resets, delays and freezes links.
 //! - [`traffic`]: what the tunnel tests send during a phase and who answered.
+//! - [`tunnel_rig`]: the one rig of the tunnel tests and benchmarks: gateway, `pi` behind a
+//!   tunnel, a TCP `backup`, the fault proxy, the tunnel's client.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -20,13 +22,15 @@ pub mod ssh_client;
 pub mod test_signer;
 pub mod traffic;
 pub mod tunnel_harness;
+pub mod tunnel_rig;
 
-/// One end-to-end test on a fresh rig: `$rig::start()` (an `async fn() -> anyhow::Result<$rig>`),
-/// then `$body(&mut rig)` (an `async fn(&mut $rig) -> anyhow::Result<()>`), then
+/// One end-to-end test on a fresh rig: `$start()` (an `async fn() -> anyhow::Result<R>`, e.g.
+/// a [`tunnel_rig::TunnelRig`] with the suite's options; or `<$rig>::start()` for a rig type),
+/// then `$body(&mut rig)` (an `async fn(&mut R) -> anyhow::Result<()>`), then
 /// `rig.check(result)`, which panics with the error and whatever logs the rig keeps.
 ///
 /// ```text
-/// testkit::rig_test!(Rig;
+/// testkit::rig_test!(with start_rig;
 ///     /// What it checks.
 ///     signatures_flow,
 ///     signatures_flow_body
@@ -34,13 +38,16 @@ pub mod tunnel_harness;
 /// ```
 #[macro_export]
 macro_rules! rig_test {
-    ($rig:ty; $(#[$meta:meta])* $name:ident, $body:ident) => {
+    (with $start:expr; $(#[$meta:meta])* $name:ident, $body:ident) => {
         $(#[$meta])*
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let mut rig = <$rig>::start().await.expect("starting the rig");
+            let mut rig = $start().await.expect("starting the rig");
             let result = $body(&mut rig).await;
             rig.check(result);
         }
+    };
+    ($rig:ty; $(#[$meta:meta])* $name:ident, $body:ident) => {
+        $crate::rig_test!(with <$rig>::start; $(#[$meta])* $name, $body);
     };
 }

@@ -131,6 +131,11 @@ impl TestSignerProcess {
         self.control.stats().await
     }
 
+    /// Process id of the current run, if started and not killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::id)
+    }
+
     /// Is the process running?
     pub fn is_running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(Proc::is_running)
