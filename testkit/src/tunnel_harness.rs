@@ -46,12 +46,38 @@ fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+/// One entry of `replicas`: a gateway process of its own.
+#[derive(Debug, Clone)]
+pub struct TunnelReplica {
+    /// `name`.
+    pub name: String,
+    /// `addresses`: SSH addresses of this replica, tried in order.
+    pub addresses: Vec<SocketAddr>,
+    /// `host_key`: this replica's pin (`None`: the top-level one).
+    pub host_key: Option<String>,
+}
+
+impl TunnelReplica {
+    /// Replica `name` at `address`, pinning `host_key`.
+    pub fn new(name: &str, address: SocketAddr, host_key: &str) -> TunnelReplica {
+        TunnelReplica {
+            name: name.to_string(),
+            addresses: vec![address],
+            host_key: Some(host_key.to_string()),
+        }
+    }
+}
+
 /// Builder for `signer-tunnel`'s YAML config, with test-friendly defaults: short keepalives,
 /// timeouts and backoff so faults are noticed and recovered from within seconds.
 #[derive(Debug, Clone)]
 pub struct TunnelConfig {
-    /// `gateways`: SSH addresses, tried in order.
+    /// `gateways`: SSH addresses of one gateway, tried in order (written only while
+    /// `replicas` is empty).
     pub gateways: Vec<SocketAddr>,
+    /// `replicas`: several gateways, a session to each; when not empty, written instead of
+    /// `gateways`.
+    pub replicas: Vec<TunnelReplica>,
     /// `host_key`: the pinned fingerprint (`SHA256:…`) or public key line.
     pub host_key: String,
     /// `identity`: the private key file.
@@ -96,6 +122,7 @@ impl TunnelConfig {
     pub fn new(gateway: SocketAddr, host_key: &str, identity: &Path, signer: SocketAddr) -> TunnelConfig {
         TunnelConfig {
             gateways: vec![gateway],
+            replicas: Vec::new(),
             host_key: host_key.to_string(),
             identity: identity.to_path_buf(),
             signer,
@@ -146,11 +173,23 @@ impl TunnelConfig {
     pub fn to_yaml(&self) -> String {
         let mut y = String::new();
         let list = |items: Vec<String>| items.join(", ");
+        let addresses = |a: &[SocketAddr]| list(a.iter().map(|g| format!("'{g}'")).collect());
         // Writing to a String cannot fail.
+        if self.replicas.is_empty() {
+            let _ = writeln!(y, "gateways: [{}]", addresses(&self.gateways));
+        } else {
+            let _ = writeln!(y, "replicas:");
+            for r in &self.replicas {
+                let _ = write!(y, "  - {{name: '{}', addresses: [{}]", r.name, addresses(&r.addresses));
+                if let Some(pin) = &r.host_key {
+                    let _ = write!(y, ", host_key: '{pin}'");
+                }
+                let _ = writeln!(y, "}}");
+            }
+        }
         let _ = write!(
             y,
-            "gateways: [{}]\nhost_key: '{}'\nidentity: '{}'\nsigner: '{}'\n",
-            list(self.gateways.iter().map(|g| format!("'{g}'")).collect()),
+            "host_key: '{}'\nidentity: '{}'\nsigner: '{}'\n",
             self.host_key,
             self.identity.display(),
             self.signer,
@@ -451,5 +490,23 @@ mod tests {
             "{y}"
         );
         assert!(y.ends_with("log_format: text\n"));
+
+        cfg.replicas = vec![
+            TunnelReplica::new("gw-a", "127.0.0.1:2201".parse().unwrap(), "SHA256:a"),
+            TunnelReplica {
+                name: "gw-b".into(),
+                addresses: vec!["127.0.0.1:2202".parse().unwrap(), "127.0.0.1:2203".parse().unwrap()],
+                host_key: None,
+            },
+        ];
+        let y = cfg.to_yaml();
+        assert!(
+            y.starts_with(
+                "replicas:\n  - {name: 'gw-a', addresses: ['127.0.0.1:2201'], host_key: 'SHA256:a'}\n  \
+                 - {name: 'gw-b', addresses: ['127.0.0.1:2202', '127.0.0.1:2203']}\nhost_key: 'SHA256:abc'\n"
+            ),
+            "{y}"
+        );
+        assert!(!y.contains("gateways"), "{y}");
     }
 }

@@ -134,14 +134,14 @@ where
     let each = settings.replicas.iter().zip(connectors).zip(hearts);
     for (slot, ((replica, connector), heart)) in each.enumerate() {
         let span = tracing::info_span!("replica", replica = %replica.name);
-        let supervisor = Supervisor::new(
-            Arc::clone(&settings),
-            Arc::new(replica.clone()),
+        let supervisor = Supervisor {
+            settings: Arc::clone(&settings),
+            replica: Arc::new(replica.clone()),
             slot,
             connector,
-            signer.clone(),
-            board.clone(),
-        );
+            signer: signer.clone(),
+            board: board.clone(),
+        };
         supervisors.spawn(supervisor.run(heart, shutdown.clone()).instrument(span));
     }
     // A supervisor returns only on shutdown, unless it panicked.
@@ -265,11 +265,11 @@ async fn beating<F: Future>(fut: F, heartbeat: &mut Heartbeat, shutdown: &Cancel
     }
 }
 
-/// Keeps one session to one replica.
-pub struct Supervisor<C> {
+/// Keeps one session to one replica: to `replica`, through `connector`, forwarding while
+/// `signer` says the local signer is healthy, reporting at `slot` on `board`.
+struct Supervisor<C> {
     settings: Arc<Settings>,
     replica: Arc<Replica>,
-    /// This replica's place on the status board.
     slot: usize,
     connector: C,
     /// The local signer's health, as [`track`] publishes it.
@@ -278,26 +278,6 @@ pub struct Supervisor<C> {
 }
 
 impl<C: Connector> Supervisor<C> {
-    /// A supervisor for `replica` (at `slot` on `board`), connecting through `connector`,
-    /// forwarding while `signer` says the local signer is healthy.
-    pub fn new(
-        settings: Arc<Settings>,
-        replica: Arc<Replica>,
-        slot: usize,
-        connector: C,
-        signer: watch::Receiver<bool>,
-        board: Board,
-    ) -> Supervisor<C> {
-        Supervisor {
-            settings,
-            replica,
-            slot,
-            connector,
-            signer,
-            board,
-        }
-    }
-
     fn uplink_name(&self, uplink: usize) -> &str {
         self.settings.uplinks.get(uplink).map_or("?", |u| u.name.as_str())
     }
@@ -343,7 +323,7 @@ impl<C: Connector> Supervisor<C> {
     }
 
     /// Run until `shutdown` fires (every error is retried), then close the session.
-    pub async fn run(self, mut heartbeat: Heartbeat, shutdown: CancellationToken) {
+    async fn run(self, mut heartbeat: Heartbeat, shutdown: CancellationToken) {
         let cfg = &self.settings.config;
         let mut backoff = Backoff::new(cfg.backoff.clone());
         let mut stats = Stats::default();

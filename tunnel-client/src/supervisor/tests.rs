@@ -143,13 +143,19 @@ fn one_gateway(extra: &str) -> Arc<Settings> {
     ))
 }
 
-/// One supervisor for replica 0 over its own network, running.
+/// One supervisor for replica 0 over its own network, running until dropped.
 struct One {
     net: FakeNet,
     board: Board,
     signer: watch::Sender<bool>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+}
+
+impl Drop for One {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn start(settings: Arc<Settings>, signer_up: bool) -> One {
@@ -159,7 +165,14 @@ fn start(settings: Arc<Settings>, signer_up: bool) -> One {
     let shutdown = CancellationToken::new();
     let (_, mut hearts) = Watchdog::every(None, 1);
     let replica = Arc::new(settings.replicas[0].clone());
-    let supervisor = Supervisor::new(settings, replica, 0, net.clone(), health, board.clone());
+    let supervisor = Supervisor {
+        settings,
+        replica,
+        slot: 0,
+        connector: net.clone(),
+        signer: health,
+        board: board.clone(),
+    };
     let task = tokio::spawn(supervisor.run(hearts.remove(0), shutdown.clone()));
     One {
         net,
@@ -189,6 +202,11 @@ async fn wait_event<T>(net: &FakeNet, within: Duration, found: impl Fn(&[(Durati
 /// The first session opened after `after`: (when, id, uplink).
 async fn opened_after(net: &FakeNet, after: Duration, within: Duration) -> (Duration, usize, usize) {
     wait_event(net, within, |_| net.opened().into_iter().find(|(at, _, _)| *at > after)).await
+}
+
+/// The first connection attempt begun after `after`: (when, address, uplink).
+async fn attempt_after(net: &FakeNet, after: Duration, within: Duration) -> (Duration, String, usize) {
+    wait_event(net, within, |_| net.attempts().into_iter().find(|a| a.0 > after)).await
 }
 
 /// When session `id` ended on the network's side.
@@ -234,10 +252,7 @@ async fn backoff_grows_jittered_to_the_cap_and_resets_after_a_healthy_session() 
     until(net, up_at + Duration::from_secs(5)).await;
     net.set_address("gw:2222", Path::Refuse);
     let end = ended(net, first, Duration::from_secs(1)).await;
-    let next = wait_event(net, Duration::from_secs(10), |_| {
-        net.attempts().into_iter().find(|a| a.0 > end)
-    })
-    .await;
+    let next = attempt_after(net, end, Duration::from_secs(10)).await;
     assert!(
         next.0 - end >= Duration::from_secs(2),
         "a short session did not reset the backoff: the next delay is drawn from the 4 s cap, \
@@ -250,16 +265,12 @@ async fn backoff_grows_jittered_to_the_cap_and_resets_after_a_healthy_session() 
     until(net, up_at + Duration::from_secs(10)).await;
     net.set_address("gw:2222", Path::Refuse);
     let end = ended(net, second, Duration::from_secs(1)).await;
-    let next = wait_event(net, Duration::from_secs(10), |_| {
-        net.attempts().into_iter().find(|a| a.0 > end)
-    })
-    .await;
+    let next = attempt_after(net, end, Duration::from_secs(10)).await;
     let waited = next.0 - end;
     assert!(
         waited >= Duration::from_millis(250) && waited <= Duration::from_millis(500),
         "after a healthy session the backoff starts over: {waited:?}"
     );
-    one.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -326,7 +337,6 @@ async fn prefers_the_first_uplink_fails_over_make_before_break_and_switches_back
         matches!(&state, State::Up { uplink, forwarding: true, sessions: 1, switches: 2, .. } if uplink == "eth0"),
         "{state:?}"
     );
-    one.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -338,13 +348,9 @@ async fn after_a_link_failure_the_failed_uplink_goes_last_after_a_gateway_close_
     net.set_uplink(ETH0, Path::Blackhole);
     net.set_uplink(LTE, Path::Blackhole);
     let end = ended(net, first, Duration::from_secs(5)).await;
-    let retry = wait_event(net, Duration::from_secs(10), |_| {
-        // The pending failover attempt over lte (begun before the end) finishes first.
-        net.attempts()
-            .into_iter()
-            .find(|a| a.0 > end + Duration::from_millis(1))
-    })
-    .await;
+    // The pending failover attempt over lte (begun before the end) fails at connect_timeout;
+    // then the reconnect.
+    let retry = attempt_after(net, end, Duration::from_secs(10)).await;
     assert_eq!(
         retry.2,
         LTE,
@@ -363,12 +369,8 @@ async fn after_a_link_failure_the_failed_uplink_goes_last_after_a_gateway_close_
     assert!(id >= second);
     net.set_address("gw:2222", Path::Refuse);
     let end = ended(net, id, Duration::from_secs(1)).await;
-    let retry = wait_event(net, Duration::from_secs(10), |_| {
-        net.attempts().into_iter().find(|a| a.0 > end)
-    })
-    .await;
+    let retry = attempt_after(net, end, Duration::from_secs(10)).await;
     assert_eq!(retry.2, ETH0, "after a gateway close the preferred uplink comes first");
-    one.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -379,11 +381,7 @@ async fn while_an_attempt_is_frozen_another_starts_every_second_and_the_first_to
     net.set_address("gw:2222", Path::Blackhole);
     let end = ended(net, first, Duration::from_secs(5)).await;
     // The reconnect after the backoff hangs (the path is silent): connect_timeout is 3 s.
-    let a1 = wait_event(net, Duration::from_secs(2), |_| {
-        net.attempts().into_iter().find(|a| a.0 > end)
-    })
-    .await
-    .0;
+    let a1 = attempt_after(net, end, Duration::from_secs(2)).await.0;
     // The link returns 1.5 s in: the two attempts begun so far stay frozen (their flows are
     // gone), the one begun a second later wins.
     let back = a1 + Duration::from_millis(1500);
@@ -406,7 +404,6 @@ async fn while_an_attempt_is_frozen_another_starts_every_second_and_the_first_to
     // The frozen attempts were dropped with the winner: nothing else opens later.
     until(net, up + Duration::from_secs(5)).await;
     assert_eq!(net.opened().len(), 2, "{:?}", net.events());
-    one.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -440,7 +437,6 @@ async fn a_session_ending_while_a_better_uplink_attempt_is_pending() {
             ..
         }
     ));
-    one.task.abort();
 
     // The attempt hangs (eth0 silent) and the lte session ends meanwhile (the gateway closes
     // it): the end waits for the attempt's outcome (a failure at connect_timeout), then the
@@ -466,16 +462,12 @@ async fn a_session_ending_while_a_better_uplink_attempt_is_pending() {
         pending.0 + Duration::from_secs(3),
         "the end is handled once the pending attempt failed (connect_timeout after it began)"
     );
-    let retry = wait_event(net, Duration::from_secs(5), |_| {
-        net.attempts().into_iter().find(|a| a.0 > end)
-    })
-    .await;
+    let retry = attempt_after(net, end, Duration::from_secs(5)).await;
     assert_eq!(retry.2, ETH0);
     net.set_uplink(ETH0, Path::Up);
     let healed = net.now();
     let (_, _, uplink) = opened_after(net, healed, Duration::from_secs(10)).await;
     assert_eq!(uplink, ETH0);
-    one.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -514,12 +506,11 @@ async fn a_host_key_mismatch_is_retried_every_host_key_mismatch_retry_and_never_
     net.set_address("gw2:2222", Path::Up);
     let (at, _, _) = opened_after(net, Duration::ZERO, Duration::from_secs(61)).await;
     assert_eq!(at, (retry + round) * 3 + HANDSHAKE * 2);
-    one.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_forward_follows_the_local_signer() {
-    let one = start(one_gateway(""), false);
+    let mut one = start(one_gateway(""), false);
     let net = &one.net;
     let (_, id, _) = opened_after(net, Duration::ZERO, Duration::from_secs(1)).await;
     assert_eq!(
@@ -540,7 +531,7 @@ async fn the_forward_follows_the_local_signer() {
         one.board.line()
     );
     one.shutdown.cancel();
-    one.task.await.unwrap();
+    (&mut one.task).await.unwrap();
     assert!(net.events().iter().any(|(_, e)| *e
         == Event::Closed {
             id,
