@@ -34,6 +34,9 @@ needs=(
   "py   venv                   python3-venv    scripts/validate-deploy.sh's tool venv"
   "cmd  curl                   curl            the demo"
   "cmd  shellcheck             shellcheck      the Pi install script's lint (tests/docs.rs)"
+  "cmd  protoc                 protobuf-compiler  builds etcd-client (the gateway's etcd feature)"
+  "file /usr/include/google/protobuf/descriptor.proto  libprotobuf-dev  protoc's well-known types, for the same"
+  "cmd  etcd                   etcd-server     the etcd watermark store's tests (tests/etcd.rs)"
 )
 if [ "$cross" = 1 ]; then
   needs+=(

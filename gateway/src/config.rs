@@ -150,6 +150,9 @@ pub enum WatermarkBackend {
     File,
     /// In memory only: marks are lost on restart. For tests and demos.
     Memory,
+    /// One key per mark in an etcd cluster (v3 API), shared by every gateway replica. Needs a
+    /// build with the `etcd` cargo feature.
+    Etcd,
 }
 
 /// Watermark store settings.
@@ -167,6 +170,162 @@ pub struct WatermarkConfig {
     /// double signature.
     #[serde(default)]
     pub create_if_missing: bool,
+    /// The etcd cluster (required for `etcd`).
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `watermark.etcd`: where the shared marks live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster's members (`http://` or `https://`).
+    pub endpoints: Vec<String>,
+    /// Every key the gateway writes starts with this (default `/signer-gateway/`).
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// Bound on one store operation: past it the request is refused (`temporary`).
+    #[serde(default = "default_etcd_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// TLS to the members (required with `https://` endpoints).
+    #[serde(default)]
+    pub tls: Option<EtcdTlsConfig>,
+    /// etcd user (auth enabled on the cluster); needs `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding that user's password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `watermark.etcd.tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTlsConfig {
+    /// CA certificate (PEM) the members' certificates chain to.
+    pub ca: PathBuf,
+    /// Client certificate (PEM), for clusters that require one; needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl WatermarkConfig {
+    /// The store to open; errors name the field.
+    fn validate(&self) -> Result<StoreSettings, ConfigError> {
+        if self.backend != WatermarkBackend::Etcd && self.etcd.is_some() {
+            return Err(invalid(
+                "watermark.etcd",
+                "only meaningful with watermark.backend: etcd",
+            ));
+        }
+        match (self.backend, &self.dir) {
+            (WatermarkBackend::File, Some(dir)) => Ok(StoreSettings::File {
+                dir: dir.clone(),
+                create_if_missing: self.create_if_missing,
+            }),
+            (WatermarkBackend::File, None) => Err(invalid("watermark.dir", "required when watermark.backend is file")),
+            (WatermarkBackend::Memory | WatermarkBackend::Etcd, Some(_)) => {
+                Err(invalid("watermark.dir", "only meaningful with watermark.backend: file"))
+            }
+            (WatermarkBackend::Memory, None) => Ok(StoreSettings::Memory),
+            (WatermarkBackend::Etcd, None) => match &self.etcd {
+                Some(etcd) => etcd.validate(self.create_if_missing).map(StoreSettings::Etcd),
+                None => Err(invalid("watermark.etcd", "required when watermark.backend is etcd")),
+            },
+        }
+    }
+}
+
+impl EtcdConfig {
+    fn validate(&self, create_if_missing: bool) -> Result<EtcdSettings, ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(invalid("watermark.etcd.endpoints", "at least one endpoint is required"));
+        }
+        let mut schemes = BTreeSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let field = format!("watermark.etcd.endpoints[{i}]");
+            let uri: http::Uri = e
+                .parse()
+                .map_err(|err| invalid(field.clone(), format!("{e:?} is not a URL: {err}")))?;
+            let scheme = uri.scheme_str().unwrap_or_default();
+            if !matches!(scheme, "http" | "https") || uri.host().is_none() || uri.port_u16().is_none() {
+                return Err(invalid(
+                    field,
+                    format!("{e:?}: want http://host:port or https://host:port"),
+                ));
+            }
+            if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                return Err(invalid(field, format!("{e:?}: no path or query allowed")));
+            }
+            schemes.insert(scheme.to_string());
+        }
+        if schemes.len() > 1 {
+            return Err(invalid("watermark.etcd.endpoints", "mixes http:// and https://"));
+        }
+        let https = schemes.contains("https");
+        let valid_prefix = self.prefix.starts_with('/')
+            && self.prefix.ends_with('/')
+            && self.prefix.len() <= 256
+            && self.prefix.chars().all(|c| c.is_ascii_graphic());
+        if !valid_prefix {
+            return Err(invalid(
+                "watermark.etcd.prefix",
+                "must start and end with '/', printable ASCII, at most 256 characters",
+            ));
+        }
+        if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(60) {
+            return Err(invalid("watermark.etcd.request_timeout", "must be between 1ms and 60s"));
+        }
+        let tls = match (&self.tls, https) {
+            (Some(_), false) => {
+                return Err(invalid("watermark.etcd.tls", "needs https:// endpoints"));
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "watermark.etcd.tls",
+                    "required with https:// endpoints (at least `ca`)",
+                ));
+            }
+            (None, false) => None,
+            (Some(t), true) => Some(EtcdTls {
+                ca: t.ca.clone(),
+                identity: match (&t.cert, &t.key) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    (None, None) => None,
+                    (Some(_), None) => return Err(invalid("watermark.etcd.tls.key", "required with tls.cert")),
+                    (None, Some(_)) => return Err(invalid("watermark.etcd.tls.cert", "required with tls.key")),
+                },
+            }),
+        };
+        let auth = match (&self.username, &self.password_file) {
+            (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
+            (Some(_), Some(_)) => return Err(invalid("watermark.etcd.username", "must not be empty")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "watermark.etcd.password_file",
+                    "required with watermark.etcd.username",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "watermark.etcd.username",
+                    "required with watermark.etcd.password_file",
+                ))
+            }
+            (None, None) => None,
+        };
+        Ok(EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            request_timeout: self.request_timeout,
+            tls,
+            auth,
+            create_if_missing,
+        })
+    }
 }
 
 /// Policy section.
@@ -488,6 +647,12 @@ fn default_shutdown_grace() -> Duration {
 fn default_backend() -> WatermarkBackend {
     WatermarkBackend::File
 }
+fn default_etcd_prefix() -> String {
+    "/signer-gateway/".to_string()
+}
+fn default_etcd_timeout() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_kinds() -> Vec<Kind> {
     Kind::ALL.to_vec()
 }
@@ -556,6 +721,34 @@ pub enum StoreSettings {
         /// `watermark.create_if_missing`.
         create_if_missing: bool,
     },
+    /// The etcd store.
+    Etcd(EtcdSettings),
+}
+
+/// `watermark.etcd`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Member URLs, each `http://` or `https://` (all the same scheme).
+    pub endpoints: Vec<String>,
+    /// Key prefix, ending in `/`.
+    pub prefix: String,
+    /// Bound on one store operation.
+    pub request_timeout: Duration,
+    /// TLS: CA, and the client certificate and key if any.
+    pub tls: Option<EtcdTls>,
+    /// User and the file holding the password.
+    pub auth: Option<(String, PathBuf)>,
+    /// `watermark.create_if_missing`: create the store's marker under an empty prefix.
+    pub create_if_missing: bool,
+}
+
+/// `watermark.etcd.tls`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA certificate file.
+    pub ca: PathBuf,
+    /// Client certificate and key files.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -605,19 +798,7 @@ impl Config {
         if api.listen == self.admin.listen && api.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from api.listen"));
         }
-        let store = match (self.watermark.backend, &self.watermark.dir) {
-            (WatermarkBackend::File, Some(dir)) => StoreSettings::File {
-                dir: dir.clone(),
-                create_if_missing: self.watermark.create_if_missing,
-            },
-            (WatermarkBackend::Memory, None) => StoreSettings::Memory,
-            (WatermarkBackend::File, None) => {
-                return Err(invalid("watermark.dir", "required when watermark.backend is file"));
-            }
-            (WatermarkBackend::Memory, Some(_)) => {
-                return Err(invalid("watermark.dir", "only meaningful with watermark.backend: file"));
-            }
-        };
+        let store = self.watermark.validate()?;
         if self.signers.is_empty() {
             return Err(invalid("signers", "at least one signer is required"));
         }

@@ -54,8 +54,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Settings, SignerRoute, StoreSettings};
+use crate::metrics::StoreMetrics;
 use crate::pool::{Connect, Pool, PoolObserver, Signer, SignerLimits, TcpConnect};
-use crate::watermark::{FileStore, MemoryStore, OpenError, WatermarkStore};
+use crate::watermark::{FileStore, Instrumented, MemoryStore, OpenError, WatermarkStore};
 
 /// How long the last step of a stop (sessions and background tasks ending after their sockets
 /// were shut down) may take before the gateway exits anyway.
@@ -81,26 +82,42 @@ pub enum StartError {
     /// The SSH broker could not start (host key, port).
     #[error(transparent)]
     Broker(#[from] tunnel::BrokerError),
+    /// `watermark.backend: etcd` in a build without the `etcd` feature.
+    #[error(
+        "watermark.backend: etcd needs a signer-gateway built with the etcd feature \
+         (cargo build --release -p signer-gateway --features etcd; building needs protoc)"
+    )]
+    NoEtcd,
     /// Internal set-up failure (metrics registry).
     #[error("internal: {0}")]
     Internal(String),
 }
 
-/// Open the configured watermark store (blocking file I/O runs off the async threads).
-pub async fn open_store(store: &StoreSettings) -> Result<Arc<dyn WatermarkStore>, StartError> {
-    match store {
+/// Open the configured watermark store (blocking file I/O runs off the async threads),
+/// observed by `metrics`.
+pub async fn open_store(store: &StoreSettings, metrics: &StoreMetrics) -> Result<Arc<dyn WatermarkStore>, StartError> {
+    let inner: Arc<dyn WatermarkStore> = match store {
         StoreSettings::Memory => {
             warn!("watermark backend is memory: marks are lost on restart; never use this for a real baker");
-            Ok(Arc::new(MemoryStore::new()))
+            Arc::new(MemoryStore::new())
         }
         StoreSettings::File { dir, create_if_missing } => {
             let (dir, create) = (dir.clone(), *create_if_missing);
             let store = tokio::task::spawn_blocking(move || FileStore::open(&dir, create))
                 .await
                 .map_err(|e| StartError::Internal(format!("opening the watermark store panicked: {e}")))??;
-            Ok(Arc::new(store))
+            Arc::new(store)
         }
-    }
+        #[cfg(feature = "etcd")]
+        StoreSettings::Etcd(etcd) => Arc::new(
+            watermark::EtcdStore::connect(etcd.clone(), metrics.clone())
+                .await
+                .map_err(|e| StartError::Internal(e.to_string()))?,
+        ),
+        #[cfg(not(feature = "etcd"))]
+        StoreSettings::Etcd(_) => return Err(StartError::NoEtcd),
+    };
+    Ok(Arc::new(Instrumented::new(inner, metrics.clone())))
 }
 
 /// A gateway whose store is open and whose ports are bound, ready to [`run`](Gateway::run).
@@ -118,7 +135,7 @@ impl Gateway {
     pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
         let cfg = &settings.config;
         let metrics = Arc::new(metrics::Metrics::new().map_err(|e| StartError::Internal(e.to_string()))?);
-        let store = open_store(&settings.store).await?;
+        let store = open_store(&settings.store, &metrics.store).await?;
         metrics.store_healthy.set(i64::from(store.health().healthy));
         let bind = |what, addr| async move {
             TcpListener::bind(addr)

@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use signer_gateway::config::{Config, LogFormat, Settings, StoreSettings};
+use signer_gateway::config::{Config, EtcdSettings, LogFormat, Settings, StoreSettings};
+use signer_gateway::metrics::StoreMetrics;
 use signer_gateway::payload::Kind;
 use signer_gateway::tezos::{ChainId, Pkh};
-use signer_gateway::watermark::{FileStore, IfMissing, MarkKey, WatermarkStore};
-use signer_gateway::Gateway;
+use signer_gateway::watermark::{
+    encode_marks, parse_marks, read_octez_dir, FileStore, IfMissing, Mark, MarkKey, WatermarkStore,
+};
+use signer_gateway::{open_store, Gateway};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -45,7 +49,8 @@ enum Command {
     Run,
     /// Validate the configuration and exit (0 valid, 64 invalid).
     CheckConfig,
-    /// Inspect or set high watermarks (the gateway must be stopped: the store is locked).
+    /// Inspect, set, export or import high watermarks. With the file store the gateway must be
+    /// stopped (the store is locked); with etcd it may run (import never lowers a mark).
     Watermark {
         #[command(subcommand)]
         action: WatermarkCommand,
@@ -78,6 +83,17 @@ enum WatermarkCommand {
         /// Round at that level.
         #[arg(long, default_value_t = 0)]
         round: i32,
+    },
+    /// Print every mark as JSON (the file store's format), for `import` into another store.
+    Export,
+    /// Raise marks to those of an export (or of octez-signer's files); never lowers a mark.
+    Import {
+        /// A file written by `export` (`-` for stdin).
+        #[arg(required_unless_present = "octez", conflicts_with = "octez")]
+        file: Option<PathBuf>,
+        /// octez-signer's base directory (`-d`): its `*_high_watermarks` files.
+        #[arg(long, value_name = "DIR")]
+        octez: Option<PathBuf>,
     },
 }
 
@@ -136,15 +152,38 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Open the configured store for a `watermark` command. `create`: the operator's explicit
+/// decision to start a file store (a first set-up, or a restore after lost state).
+async fn open_for_cli(settings: &Settings, create: bool) -> anyhow::Result<Arc<dyn WatermarkStore>> {
+    match &settings.store {
+        StoreSettings::File { dir, .. } => {
+            let if_missing = if create { IfMissing::Create } else { IfMissing::Refuse };
+            Ok(Arc::new(FileStore::open_with(dir, if_missing)?))
+        }
+        StoreSettings::Memory => anyhow::bail!("watermark commands need `watermark.backend: file` or `etcd`"),
+        StoreSettings::Etcd(etcd) => {
+            // As with the file store, set and import may create the store under its prefix.
+            let etcd = StoreSettings::Etcd(EtcdSettings {
+                create_if_missing: etcd.create_if_missing || create,
+                ..etcd.clone()
+            });
+            let store = open_store(&etcd, &StoreMetrics::new()?).await?;
+            let health = store.health();
+            if !health.healthy {
+                anyhow::bail!(
+                    "etcd is not answering: {}",
+                    health.last_error.as_deref().unwrap_or("unknown error")
+                );
+            }
+            Ok(store)
+        }
+    }
+}
+
 async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Result<()> {
-    let dir = match &settings.store {
-        StoreSettings::File { dir, .. } => dir.clone(),
-        StoreSettings::Memory => anyhow::bail!("watermark commands need `watermark.backend: file` and `watermark.dir`"),
-    };
     match action {
         WatermarkCommand::List { json } => {
-            let store = FileStore::open(&dir, false)?;
-            let marks = store.list();
+            let marks = open_for_cli(&settings, false).await?.list().await?;
             if json {
                 let rows: Vec<_> = marks
                     .iter()
@@ -180,9 +219,7 @@ async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Resu
             if level < 0 || round < 0 {
                 anyhow::bail!("--level and --round must not be negative");
             }
-            // Creating the store here is the operator's explicit decision: a first-time
-            // set-up, or a restore after lost state.
-            let store = FileStore::open_with(&dir, IfMissing::Create)?;
+            let store = open_for_cli(&settings, true).await?;
             let kinds = if kind.is_empty() { Kind::ALL.to_vec() } else { kind };
             for kind in kinds {
                 let mk = MarkKey { chain, pkh: key, kind };
@@ -194,6 +231,44 @@ async fn watermark(settings: Settings, action: WatermarkCommand) -> anyhow::Resu
                     old_text.as_deref().unwrap_or("none")
                 );
             }
+        }
+        WatermarkCommand::Export => {
+            let marks = open_for_cli(&settings, false).await?.list().await?;
+            let bytes = encode_marks(&marks)?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?;
+        }
+        WatermarkCommand::Import { file, octez } => {
+            let marks: Vec<(MarkKey, Mark)> = match (file, octez) {
+                (_, Some(dir)) => read_octez_dir(&dir)?,
+                (Some(path), None) => {
+                    let bytes = if path.as_os_str() == "-" {
+                        let mut b = Vec::new();
+                        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut b)?;
+                        b
+                    } else {
+                        std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                    };
+                    parse_marks(&bytes)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                        .into_iter()
+                        .collect()
+                }
+                (None, None) => anyhow::bail!("give an export file or --octez DIR"),
+            };
+            let store = open_for_cli(&settings, true).await?;
+            let (mut raised, mut kept) = (0, 0);
+            for (key, mark) in marks {
+                let (level, round) = (mark.level, mark.round);
+                if store.raise(key, mark).await? {
+                    raised += 1;
+                    warn!(%key, level, round, "watermark raised by import");
+                    println!("{key}: raised to level {level} round {round}");
+                } else {
+                    kept += 1;
+                    println!("{key}: kept (the store is at or above level {level} round {round})");
+                }
+            }
+            println!("{raised} marks raised, {kept} kept");
         }
     }
     Ok(())

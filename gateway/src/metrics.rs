@@ -54,6 +54,69 @@ pub struct Metrics {
     pub signer_queued: IntGaugeVec,
     /// Requests refused because a signer's queue was full, by signer.
     pub signer_queue_full: IntCounterVec,
+    /// The watermark store's own operations.
+    pub store: StoreMetrics,
+}
+
+/// Watermark store metrics, by backend (`memory`, `file`, `etcd`). Cheap to clone; usable
+/// unregistered (the `watermark` CLI commands).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Latency by operation: the store's (`check_and_record`, `record_signature`, `set`,
+    /// `list`) and, for etcd, each round trip (`etcd_get`, `etcd_txn`, `etcd_put`, `etcd_range`).
+    pub duration: HistogramVec,
+    /// Failed operations by cause (`timeout`, `unavailable`, `contention`, `write_failed`…).
+    pub errors: IntCounterVec,
+    /// Conditional writes that lost to another writer of the same mark (etcd), and were
+    /// re-judged on the fresh mark.
+    pub lost_races: IntCounterVec,
+}
+
+impl StoreMetrics {
+    /// Create the metrics, unregistered.
+    pub fn new() -> prometheus::Result<StoreMetrics> {
+        let buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0,
+            5.0,
+        ];
+        Ok(StoreMetrics {
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "signer_gateway_store_duration_seconds",
+                    "Watermark store operation latency, by backend and operation",
+                )
+                .buckets(buckets),
+                &["backend", "op"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "signer_gateway_store_errors_total",
+                    "Failed watermark store operations, by backend and cause",
+                ),
+                &["backend", "reason"],
+            )?,
+            lost_races: IntCounterVec::new(
+                Opts::new(
+                    "signer_gateway_store_lost_races_total",
+                    "Conditional mark writes lost to another writer and re-judged, by backend",
+                ),
+                &["backend"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.duration.clone()))?;
+        registry.register(Box::new(self.errors.clone()))?;
+        registry.register(Box::new(self.lost_races.clone()))
+    }
+
+    /// Time `op` of `backend` (seconds since `started`).
+    pub fn observe(&self, backend: &str, op: &str, started: std::time::Instant) {
+        self.duration
+            .with_label_values(&[backend, op])
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
 impl Metrics {
@@ -117,6 +180,8 @@ impl Metrics {
             .buckets(buckets),
         )?;
         registry.register(Box::new(watermark_duration.clone()))?;
+        let store = StoreMetrics::new()?;
+        store.register(&registry)?;
         let signer_up = IntGaugeVec::new(
             Opts::new("signer_gateway_signer_up", "1 when the signer is healthy, by signer"),
             &["signer"],
@@ -200,6 +265,7 @@ impl Metrics {
             sign_duration,
             watermark_refusals,
             watermark_duration,
+            store,
             policy_refusals,
             signer_up,
             signer_attempts,

@@ -209,7 +209,8 @@ impl Drop for OpenGuard {
 /// A running fault proxy; stops (closing every connection) on drop.
 pub struct FaultProxy {
     addr: SocketAddr,
-    target: SocketAddr,
+    /// Where new connections go ([`FaultProxy::retarget`]).
+    target: Arc<Mutex<SocketAddr>>,
     // Connection tasks watch this: a mode change reaches them at once, and dropping the
     // sender (with the proxy) ends them.
     modes: watch::Sender<Modes>,
@@ -250,10 +251,17 @@ impl FaultProxy {
             frozen_below: 0,
         });
         let counters = Arc::new(Counters::default());
-        let accept = tokio::spawn(accept_loop(listener, options, modes_rx, Arc::clone(&counters)));
+        let target = Arc::new(Mutex::new(options.target));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            options,
+            Arc::clone(&target),
+            modes_rx,
+            Arc::clone(&counters),
+        ));
         Ok(FaultProxy {
             addr,
-            target: options.target,
+            target,
             modes,
             counters,
             accept,
@@ -267,7 +275,14 @@ impl FaultProxy {
 
     /// Address it forwards to.
     pub fn target(&self) -> SocketAddr {
-        self.target
+        *self.target.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forward new connections to `target` from now on (current ones stay where they are):
+    /// for a listener whose port is only known after the proxy's address was handed out, as
+    /// etcd members that must advertise their peers' addresses before those bind port 0.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
     /// Switch the mode; applies at once to current and new connections, except those from
@@ -362,7 +377,7 @@ impl fmt::Debug for FaultProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultProxy")
             .field("addr", &self.addr)
-            .field("target", &self.target)
+            .field("target", &self.target())
             .field("mode", &self.mode())
             .field("by_source", &self.modes.borrow().by_source)
             .field("delay", &self.delay())
@@ -373,7 +388,8 @@ impl fmt::Debug for FaultProxy {
 
 async fn accept_loop(
     listener: TcpListener,
-    options: ProxyOptions,
+    mut options: ProxyOptions,
+    target: Arc<Mutex<SocketAddr>>,
     modes: watch::Receiver<Modes>,
     counters: Arc<Counters>,
 ) {
@@ -406,6 +422,7 @@ async fn accept_loop(
         let _ = client.set_nodelay(true);
         counters.open.fetch_add(1, Ordering::SeqCst);
         let guard = OpenGuard(Arc::clone(&counters));
+        options.target = *target.lock().unwrap_or_else(|p| p.into_inner());
         tokio::spawn(connection(client, options, link, Arc::clone(&counters), guard));
     }
 }

@@ -9,6 +9,7 @@
 //!   polling and payload builders.
 //! - [`tunnel_harness`]: the real `signer-tunnel` binary, its config and log.
 //! - [`ssh_client`]: stock OpenSSH clients (`ssh -R`) and keys.
+//! - [`etcd`]: real etcd members on loopback (one, or a cluster of three) behind fault proxies.
 //! - [`fault_proxy`]: a TCP proxy that blackholes, resets, delays and freezes links.
 //! - [`traffic`]: what the tunnel tests send during a phase and who answered.
 //! - [`tunnel_rig`]: the one rig of the tunnel tests and benchmarks: gateway, `pi` behind a
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod etcd;
 pub mod fault_proxy;
 pub mod harness;
 pub mod ssh_client;

@@ -117,7 +117,7 @@ pub enum OpenError {
 
 impl From<OpenError> for WatermarkError {
     fn from(e: OpenError) -> Self {
-        WatermarkError::Store(e.to_string())
+        WatermarkError::store(super::StoreCause::Unavailable, e.to_string())
     }
 }
 
@@ -174,7 +174,8 @@ struct MarkOut<'a> {
     signature: Option<&'a str>,
 }
 
-fn encode_state(marks: &[(MarkKey, Mark)]) -> Result<Vec<u8>, serde_json::Error> {
+/// The store's JSON form of `marks` (also `watermark export`'s output).
+pub fn encode_state(marks: &[(MarkKey, Mark)]) -> Result<Vec<u8>, serde_json::Error> {
     let out = StateOut {
         version: FORMAT_VERSION,
         marks: marks
@@ -195,7 +196,8 @@ fn encode_state(marks: &[(MarkKey, Mark)]) -> Result<Vec<u8>, serde_json::Error>
     Ok(bytes)
 }
 
-fn parse_state(bytes: &[u8]) -> Result<BTreeMap<MarkKey, Mark>, String> {
+/// Parse [`encode_state`]'s form, strictly (`watermark import` reads exports with it).
+pub fn parse_state(bytes: &[u8]) -> Result<BTreeMap<MarkKey, Mark>, String> {
     let header: Header = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if header.version != FORMAT_VERSION {
         return Err(format!(
@@ -345,6 +347,15 @@ fn parent_of(dir: &Path) -> &Path {
 }
 
 impl FileStore {
+    /// Every mark held, sorted by key (what the last durable write holds, or more).
+    pub fn snapshot(&self) -> Vec<(MarkKey, Mark)> {
+        lock(&self.shared.state)
+            .marks
+            .iter()
+            .map(|(k, e)| (*k, e.mark.clone()))
+            .collect()
+    }
+
     /// Open the store in `dir` as the gateway does: [`FileStore::open_with`], creating it
     /// only on a first start when `create_if_missing`.
     pub fn open(dir: &Path, create_if_missing: bool) -> Result<FileStore, OpenError> {
@@ -500,12 +511,18 @@ impl FileStore {
         // here is seen at once. A later successful batch also covers ours (whole-state writes).
         let failed = match rx.wait_for(|p| p.durable >= batch || p.failed >= batch).await {
             Ok(p) if p.durable >= batch => None,
-            Ok(p) => Some(p.error.as_deref().unwrap_or("write failed").to_owned()),
-            Err(_) => Some("the watermark writer thread has stopped".to_owned()),
+            Ok(p) => Some((
+                super::StoreCause::Write,
+                p.error.as_deref().unwrap_or("write failed").to_owned(),
+            )),
+            Err(_) => Some((
+                super::StoreCause::Closed,
+                "the watermark writer thread has stopped".to_owned(),
+            )),
         };
         match failed {
             None => Ok(()),
-            Some(e) => Err(WatermarkError::Store(e)),
+            Some((cause, e)) => Err(WatermarkError::store(cause, e)),
         }
     }
 
@@ -746,12 +763,25 @@ impl WatermarkStore for FileStore {
         })
     }
 
-    fn list(&self) -> Vec<(MarkKey, Mark)> {
-        lock(&self.shared.state)
-            .marks
-            .iter()
-            .map(|(k, e)| (*k, e.mark.clone()))
-            .collect()
+    fn raise<'a>(&'a self, key: MarkKey, mark: Mark) -> BoxFuture<'a, Result<bool, WatermarkError>> {
+        Box::pin(async move {
+            let batch = {
+                let mut st = lock(&self.shared.state);
+                if !super::raises(st.marks.get(&key).map(|e| &e.mark), &mark) {
+                    return Ok(false);
+                }
+                let batch = st.stage();
+                st.marks.insert(key, Entry { mark, batch });
+                batch
+            };
+            self.shared.wake.notify_one();
+            self.wait_durable(batch).await?;
+            Ok(true)
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<(MarkKey, Mark)>, WatermarkError>> {
+        Box::pin(std::future::ready(Ok(self.snapshot())))
     }
 
     /// While unhealthy, each call also schedules one more write of the whole state: a
@@ -852,10 +882,10 @@ mod tests {
                 let (dir, store) = open_new();
                 current = Some((Arc::new(store), dir));
             }
-            match &current {
+            std::future::ready(match &current {
                 Some((s, _)) => s.clone() as Arc<dyn WatermarkStore>,
                 None => unreachable!(),
-            }
+            })
         })
         .await;
     }
@@ -869,10 +899,10 @@ mod tests {
             if new {
                 let (d, store) = open_new();
                 dir = Some(d);
-                return Arc::new(store) as Arc<dyn WatermarkStore>;
+                return std::future::ready(Arc::new(store) as Arc<dyn WatermarkStore>);
             }
             let path = dir.as_ref().map(|d| d.path().to_path_buf()).expect("dir");
-            Arc::new(reopen(&path)) as Arc<dyn WatermarkStore>
+            std::future::ready(Arc::new(reopen(&path)) as Arc<dyn WatermarkStore>)
         })
         .await;
     }
@@ -925,11 +955,11 @@ mod tests {
             kind: Kind::Block,
         };
         assert_eq!(store.set(operator_key, 77, 3).await, Ok(None));
-        let before = store.list();
+        let before = store.snapshot();
         drop(store); // flushes the signatures, which were not waited for
 
         let store = reopen(dir.path());
-        assert_eq!(store.list(), before);
+        assert_eq!(store.snapshot(), before);
         assert_eq!(before.len(), 16);
         for (r, signed) in expected {
             let want = Outcome::Repeat(signed.then(|| SIG.to_owned()));
@@ -1033,7 +1063,7 @@ mod tests {
         assert!(matches!(e, OpenError::Lost { rescue: None, .. }), "{e:?}");
         // `watermark set`: the operator's explicit decision.
         let store = FileStore::open_with(dir.path(), IfMissing::Create).expect("created by the operator");
-        assert!(store.list().is_empty());
+        assert!(store.snapshot().is_empty());
     }
 
     #[test]
@@ -1041,7 +1071,7 @@ mod tests {
         let dir = test_dir();
         let nested = dir.path().join("a/b");
         let store = FileStore::open(&nested, true).expect("create");
-        assert!(store.list().is_empty());
+        assert!(store.snapshot().is_empty());
         drop(store);
         assert_eq!(on_disk(&nested).len(), 0);
         // Now it exists: opening without create works.
@@ -1111,7 +1141,7 @@ mod tests {
             format!(r#"{{"version":1,"marks":[{good_mark}]}}"#),
         )
         .expect("write");
-        assert_eq!(reopen(dir.path()).list().len(), 1);
+        assert_eq!(reopen(dir.path()).snapshot().len(), 1);
     }
 
     #[tokio::test]
@@ -1200,7 +1230,7 @@ mod tests {
         assert!(batches < u64::from(n), "group commit: {batches} writes for {n} records");
         drop(store);
         let store = reopen(dir.path());
-        let marks = store.list();
+        let marks = store.snapshot();
         assert_eq!(marks.len(), usize::from(n));
         for (i, k) in keys.iter().enumerate() {
             let r = req(*k, 1000 + i as i32, 0, 1);

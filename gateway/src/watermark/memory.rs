@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 
-use super::{decide, is_mark_of, lock, mark_for, Decision, Mark, MarkKey, MarkRequest, Outcome, StoreHealth};
+use super::{decide, is_mark_of, lock, mark_for, raises, Decision, Mark, MarkKey, MarkRequest, Outcome, StoreHealth};
 use super::{WatermarkError, WatermarkStore};
 
 /// Marks kept in memory only: lost on restart. Never use it for a key that signs on a real
@@ -79,8 +79,18 @@ impl WatermarkStore for MemoryStore {
         })
     }
 
-    fn list(&self) -> Vec<(MarkKey, Mark)> {
-        lock(&self.marks).iter().map(|(k, m)| (*k, m.clone())).collect()
+    fn raise<'a>(&'a self, key: MarkKey, mark: Mark) -> BoxFuture<'a, Result<bool, WatermarkError>> {
+        let mut marks = lock(&self.marks);
+        let raised = raises(marks.get(&key), &mark);
+        if raised {
+            marks.insert(key, mark);
+        }
+        Box::pin(std::future::ready(Ok(raised)))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<(MarkKey, Mark)>, WatermarkError>> {
+        let marks = lock(&self.marks).iter().map(|(k, m)| (*k, m.clone())).collect();
+        Box::pin(std::future::ready(Ok(marks)))
     }
 
     fn health(&self) -> StoreHealth {

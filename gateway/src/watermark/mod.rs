@@ -7,7 +7,10 @@
 //!   [`WatermarkStore`] trait every backend implements;
 //! - [`MemoryStore`]: a non-durable map, for tests and benchmarks;
 //! - [`FileStore`]: the default backend, one JSON file made durable (temp file, fsync, rename,
-//!   directory fsync) by a dedicated writer thread that group-commits concurrent changes.
+//!   directory fsync) by a dedicated writer thread that group-commits concurrent changes;
+//! - `EtcdStore` (cargo feature `etcd`): one key per mark in an etcd cluster shared by every
+//!   gateway replica, written by conditional transactions;
+//! - [`Instrumented`]: any of them, timed and with failures counted for Prometheus.
 //!
 //! A store is used as `Arc<dyn WatermarkStore>`. The caller's sequence for a consensus payload
 //! is: [`WatermarkStore::check_and_record`]; on [`Outcome::Recorded`] forward to a signer and,
@@ -22,11 +25,20 @@ use futures_util::future::BoxFuture;
 use crate::payload::Kind;
 use crate::tezos::{ChainId, Pkh};
 
+pub mod conformance;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod file;
+mod instrumented;
 mod memory;
 mod octez;
 
-pub use file::{durable_write, FileStore, IfMissing, OpenError};
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOpenError, EtcdStore};
+pub use file::{
+    durable_write, encode_state as encode_marks, parse_state as parse_marks, FileStore, IfMissing, OpenError,
+};
+pub use instrumented::Instrumented;
 pub use memory::MemoryStore;
 pub use octez::{read_octez_dir, OctezErrorKind, OctezImportError, OctezMarkProblem, OCTEZ_FILES, OCTEZ_FILE_LIMIT};
 
@@ -149,7 +161,61 @@ pub enum WatermarkError {
     },
     /// The mark could not be made durable, or the store is unusable: refuse (fail closed).
     #[error("watermark store error: {0}")]
-    Store(String),
+    Store(StoreFailure),
+}
+
+impl WatermarkError {
+    /// A store failure of this cause.
+    pub fn store(cause: StoreCause, message: impl Into<String>) -> WatermarkError {
+        WatermarkError::Store(StoreFailure {
+            cause,
+            message: message.into(),
+        })
+    }
+}
+
+/// Why a store could not answer: the message for people, the cause for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreFailure {
+    /// Metrics label.
+    pub cause: StoreCause,
+    /// What happened.
+    pub message: String,
+}
+
+/// The cause of a [`StoreFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreCause {
+    /// A durable write failed (file store: disk full, I/O error).
+    Write,
+    /// The store's writer or connection is gone for good.
+    Closed,
+    /// No answer within the configured bound (etcd: no quorum, a frozen link).
+    Timeout,
+    /// The store refused or could not be reached (etcd: connection refused, no leader, auth).
+    Unavailable,
+    /// Other gateways kept changing the same mark: too many lost races in a row.
+    Contention,
+    /// No store where the config points (etcd: no marker under the prefix).
+    NotInitialized,
+    /// The stored value cannot be read back (never written by this gateway's format).
+    Corrupt,
+}
+
+impl StoreCause {
+    /// Stable snake-case name for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreCause::Write => "write_failed",
+            StoreCause::Closed => "closed",
+            StoreCause::Timeout => "timeout",
+            StoreCause::Unavailable => "unavailable",
+            StoreCause::Contention => "contention",
+            StoreCause::NotInitialized => "not_initialized",
+            StoreCause::Corrupt => "corrupt",
+        }
+    }
 }
 
 impl WatermarkError {
@@ -200,8 +266,13 @@ pub trait WatermarkStore: Send + Sync + 'static {
     /// Durable when it returns; logged at warn with old and new values. Returns the old mark.
     fn set<'a>(&'a self, key: MarkKey, level: i32, round: i32) -> BoxFuture<'a, Result<Option<Mark>, WatermarkError>>;
 
-    /// Snapshot of all marks, sorted by key.
-    fn list(&self) -> Vec<(MarkKey, Mark)>;
+    /// Import: raise the mark of `key` to `mark` unless the stored one is already at or above
+    /// its (level, round). Never lowers a mark, so it is safe while gateways sign. Durable when
+    /// it returns; `true` when the mark was raised.
+    fn raise<'a>(&'a self, key: MarkKey, mark: Mark) -> BoxFuture<'a, Result<bool, WatermarkError>>;
+
+    /// Every mark, sorted by key (etcd: one linearizable range read).
+    fn list(&self) -> BoxFuture<'_, Result<Vec<(MarkKey, Mark)>, WatermarkError>>;
 
     /// For `/readyz` and `/status`.
     fn health(&self) -> StoreHealth;
@@ -264,6 +335,11 @@ fn mark_for(req: &MarkRequest) -> Mark {
     }
 }
 
+/// Whether an imported `mark` is above `stored` (strictly higher (level, round), or none).
+fn raises(stored: Option<&Mark>, mark: &Mark) -> bool {
+    stored.is_none_or(|s| (mark.level, mark.round) > (s.level, s.round))
+}
+
 /// Whether `mark` is the mark `req` recorded (same level, round and digest).
 fn is_mark_of(mark: &Mark, req: &MarkRequest) -> bool {
     mark.level == req.level
@@ -285,208 +361,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::tezos::Curve;
 
-    pub(crate) fn chain(n: u8) -> ChainId {
-        ChainId([0x7a, 0x06, 0xa7, n])
-    }
-
-    pub(crate) fn pkh(n: u8) -> Pkh {
-        if n == 0 {
-            return "tz1KqTpEZ7Yob7QbPE4Hy4Wo8fHG8LhKxZSx"
-                .parse()
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        Pkh {
-            curve: Curve::Ed25519,
-            hash: [n; 20],
-        }
-    }
-
-    pub(crate) fn key(kind: Kind) -> MarkKey {
-        MarkKey {
-            chain: chain(0),
-            pkh: pkh(0),
-            kind,
-        }
-    }
-
-    pub(crate) fn req(key: MarkKey, level: i32, round: i32, d: u8) -> MarkRequest {
-        MarkRequest {
-            key,
-            level,
-            round,
-            digest: [d; 32],
-        }
-    }
+    pub(crate) use super::conformance::{chain, key, pkh, req, run_table, SIG};
 
     const A: Kind = Kind::Attestation;
     const B: Kind = Kind::Block;
-    const P: Kind = Kind::Preattestation;
-    const SIG: &str =
-        "edsigtXomBKi5CTRf5cjATJWSyaRvhfYNHqSUGrn4SdbYRcGwQrUGjzEfQDTuqHhuA8b2d8NarZjz8TRf65WkpQmo423BtomS8Q";
-
-    /// What happened before the request under test.
-    #[derive(Clone, Copy)]
-    enum Step {
-        /// A sign that must be recorded (or repeat).
-        Sign(MarkRequest),
-        /// The signature released for a recorded request.
-        Sig(MarkRequest),
-        /// An operator set.
-        Set(MarkKey, i32, i32),
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Want {
-        Recorded,
-        Repeat(Option<&'static str>),
-        Refused(RefusalReason),
-    }
-
-    struct Case {
-        name: &'static str,
-        before: Vec<Step>,
-        req: MarkRequest,
-        want: Want,
-    }
-
-    fn case(name: &'static str, before: Vec<Step>, req: MarkRequest, want: Want) -> Case {
-        Case {
-            name,
-            before,
-            req,
-            want,
-        }
-    }
-
-    use RefusalReason::{Below as RBelow, DifferentData as RDiff};
-    use Step::{Set, Sig, Sign};
-    use Want::{Recorded, Refused, Repeat};
-
-    /// A tz4 key: the rule is the same whatever the key type.
-    pub(crate) fn tz4_pkh() -> Pkh {
-        Pkh {
-            curve: Curve::Bls,
-            hash: [4; 20],
-        }
-    }
-
-    /// Every row of protocol.md §3, plus independence and boundaries, for the key `base`. One
-    /// case per line.
-    #[rustfmt::skip]
-    fn table(base: Pkh) -> Vec<Case> {
-        let ka = MarkKey { pkh: base, ..key(A) };
-        let kb = MarkKey { pkh: base, ..key(B) };
-        let kp = MarkKey { pkh: base, ..key(P) };
-        // A tz4 consensus key's companion is another key with marks of its own.
-        let other = if base.curve == Curve::Bls { Pkh { curve: Curve::Bls, hash: [5; 20] } } else { pkh(7) };
-        let other_pkh = MarkKey { pkh: other, ..ka };
-        let other_chain = MarkKey { chain: chain(9), ..ka };
-        let max = i32::MAX;
-        vec![
-            // no mark yet
-            case("no mark",                          vec![], req(ka, 100, 0, 1), Recorded),
-            case("no mark, level 0 round 0",         vec![], req(ka, 0, 0, 1), Recorded),
-            case("no mark, i32::MAX",                vec![], req(ka, max, max, 1), Recorded),
-            // higher level, or same level and higher round
-            case("higher level",                     vec![Sign(req(ka, 100, 0, 1))], req(ka, 101, 0, 2), Recorded),
-            case("higher level, lower round",        vec![Sign(req(ka, 100, 5, 1))], req(ka, 101, 0, 2), Recorded),
-            case("same level higher round",          vec![Sign(req(ka, 100, 0, 1))], req(ka, 100, 1, 2), Recorded),
-            case("higher level, same digest",        vec![Sign(req(ka, 100, 0, 1))], req(ka, 101, 0, 1), Recorded),
-            case("from 0/0 to 0/1",                  vec![Sign(req(ka, 0, 0, 1))], req(ka, 0, 1, 2), Recorded),
-            case("from 0/0 to 1/0",                  vec![Sign(req(ka, 0, 0, 1))], req(ka, 1, 0, 2), Recorded),
-            case("up to i32::MAX level",             vec![Sign(req(ka, max - 1, max, 1))], req(ka, max, 0, 2), Recorded),
-            case("up to i32::MAX round",             vec![Sign(req(ka, max, max - 1, 1))], req(ka, max, max, 2), Recorded),
-            // same level and round, same digest
-            case("identical repeat, no signature",   vec![Sign(req(ka, 100, 0, 1))], req(ka, 100, 0, 1), Repeat(None)),
-            case("identical repeat, signature",      vec![Sign(req(ka, 100, 0, 1)), Sig(req(ka, 100, 0, 1))], req(ka, 100, 0, 1), Repeat(Some(SIG))),
-            case("identical repeat at 0/0",          vec![Sign(req(ka, 0, 0, 1))], req(ka, 0, 0, 1), Repeat(None)),
-            case("identical repeat at MAX/MAX",      vec![Sign(req(ka, max, max, 3))], req(ka, max, max, 3), Repeat(None)),
-            case("signature for old bytes dropped",  vec![Sign(req(ka, 100, 0, 1)), Sign(req(ka, 101, 0, 2)), Sig(req(ka, 100, 0, 1))], req(ka, 101, 0, 2), Repeat(None)),
-            // same level and round, different digest
-            case("other digest",                     vec![Sign(req(ka, 100, 0, 1))], req(ka, 100, 0, 2), Refused(RDiff)),
-            case("other digest, signature stored",   vec![Sign(req(ka, 100, 0, 1)), Sig(req(ka, 100, 0, 1))], req(ka, 100, 0, 2), Refused(RDiff)),
-            case("other digest at 0/0",              vec![Sign(req(ka, 0, 0, 1))], req(ka, 0, 0, 2), Refused(RDiff)),
-            case("other digest at MAX/MAX",          vec![Sign(req(ka, max, max, 1))], req(ka, max, max, 2), Refused(RDiff)),
-            // lower level, or same level and lower round
-            case("lower level",                      vec![Sign(req(ka, 100, 0, 1))], req(ka, 5, 0, 2), Refused(RBelow)),
-            case("lower level, higher round",        vec![Sign(req(ka, 100, 0, 1))], req(ka, 99, 9, 2), Refused(RBelow)),
-            case("same level lower round",           vec![Sign(req(ka, 100, 3, 1))], req(ka, 100, 2, 2), Refused(RBelow)),
-            case("lower level, same digest",         vec![Sign(req(ka, 100, 0, 1))], req(ka, 99, 0, 1), Refused(RBelow)),
-            case("level 0 below level 1",            vec![Sign(req(ka, 1, 0, 1))], req(ka, 0, 0, 2), Refused(RBelow)),
-            case("anything below MAX/MAX",           vec![Sign(req(ka, max, max, 1))], req(ka, max, max - 1, 2), Refused(RBelow)),
-            case("former mark after a raise",        vec![Sign(req(ka, 100, 0, 1)), Sign(req(ka, 100, 1, 2))], req(ka, 100, 0, 1), Refused(RBelow)),
-            // after an operator set (no digest: nothing at the mark itself)
-            case("set on empty, below",              vec![Set(ka, 100, 0)], req(ka, 99, 0, 1), Refused(RBelow)),
-            case("set on empty, at the mark",        vec![Set(ka, 100, 0)], req(ka, 100, 0, 1), Refused(RDiff)),
-            case("set on empty, above",              vec![Set(ka, 100, 0)], req(ka, 100, 1, 1), Recorded),
-            case("set raises over a signed mark",    vec![Sign(req(ka, 100, 0, 1)), Set(ka, 200, 0)], req(ka, 150, 0, 2), Refused(RBelow)),
-            case("set lowers a signed mark",         vec![Sign(req(ka, 100, 0, 1)), Set(ka, 50, 0)], req(ka, 60, 0, 2), Recorded),
-            case("set at same mark forgets digest",  vec![Sign(req(ka, 100, 0, 1)), Sig(req(ka, 100, 0, 1)), Set(ka, 100, 0)], req(ka, 100, 0, 1), Refused(RDiff)),
-            case("set to 0/0, then 0/0",             vec![Set(ka, 0, 0)], req(ka, 0, 0, 1), Refused(RDiff)),
-            // kinds, keys and chains are independent
-            case("block after attestation",          vec![Sign(req(ka, 100, 0, 1))], req(kb, 100, 0, 2), Recorded),
-            case("preattestation after attestation", vec![Sign(req(ka, 100, 0, 1))], req(kp, 100, 0, 2), Recorded),
-            case("block lower than attestation",     vec![Sign(req(ka, 100, 0, 1))], req(kb, 5, 0, 2), Recorded),
-            case("attestation guarded after others", vec![Sign(req(ka, 100, 0, 1)), Sign(req(kb, 200, 0, 2)), Sign(req(kp, 200, 0, 3))], req(ka, 100, 0, 4), Refused(RDiff)),
-            case("other key, same level",            vec![Sign(req(ka, 100, 0, 1))], req(other_pkh, 100, 0, 2), Recorded),
-            case("other key, lower level",           vec![Sign(req(ka, 100, 0, 1))], req(other_pkh, 1, 0, 2), Recorded),
-            case("other chain, same level",          vec![Sign(req(ka, 100, 0, 1))], req(other_chain, 100, 0, 2), Recorded),
-            case("set on one kind leaves others",    vec![Set(kb, 1000, 0)], req(ka, 10, 0, 1), Recorded),
-        ]
-    }
-
-    /// Runs every case of the table. `fresh(true)` must give a new empty store, on which the
-    /// case's history is played; that handle is dropped, then `fresh(false)` gives the store the
-    /// request is checked on: the same one, or (file store) the same state reopened.
-    /// Run the table for a tz1 and a tz4 key on stores made by `fresh` (`true`: a new one;
-    /// `false`: the same one reopened).
-    pub(crate) async fn run_table<F>(mut fresh: F)
-    where
-        F: FnMut(bool) -> Arc<dyn WatermarkStore>,
-    {
-        let cases: Vec<Case> = [pkh(0), tz4_pkh()].into_iter().flat_map(table).collect();
-        assert!(cases.len() >= 60, "table has {} cases", cases.len());
-        for c in cases {
-            let store = fresh(true);
-            for step in &c.before {
-                match *step {
-                    Sign(r) => {
-                        let got = store.check_and_record(&r).await;
-                        assert!(got.is_ok(), "{}: setup sign {r:?}: {got:?}", c.name);
-                    }
-                    Sig(r) => {
-                        let got = store.record_signature(&r, SIG).await;
-                        assert_eq!(got, Ok(()), "{}: setup signature", c.name);
-                    }
-                    Set(k, level, round) => {
-                        let got = store.set(k, level, round).await;
-                        assert!(got.is_ok(), "{}: setup set: {got:?}", c.name);
-                    }
-                }
-            }
-            drop(store);
-            let store = fresh(false);
-            let before = store.list();
-            let got = match store.check_and_record(&c.req).await {
-                Ok(Outcome::Recorded) => Want::Recorded,
-                Ok(Outcome::Repeat(sig)) => {
-                    Want::Repeat(sig.map(|s| if s == SIG { SIG } else { "unexpected signature" }))
-                }
-                Err(e) => Want::Refused(e.reason()),
-            };
-            assert_eq!(got, c.want, "case {:?} for {}", c.name, c.req.key);
-            let after = store.list();
-            let mark = after.iter().find(|(k, _)| *k == c.req.key).map(|(_, m)| m.clone());
-            match c.want {
-                Want::Recorded => assert_eq!(mark, Some(mark_for(&c.req)), "case {:?}: mark after", c.name),
-                // A refusal or a repeat changes nothing.
-                _ => assert_eq!(before, after, "case {:?}: marks changed", c.name),
-            }
-            assert!(store.health().healthy, "case {:?}", c.name);
-        }
-    }
 
     #[tokio::test]
     async fn table_on_memory_store() {
@@ -495,10 +374,10 @@ mod tests {
             if new || current.is_none() {
                 current = Some(Arc::new(MemoryStore::new()));
             }
-            match &current {
+            std::future::ready(match &current {
                 Some(s) => s.clone() as Arc<dyn WatermarkStore>,
                 None => unreachable!(),
-            }
+            })
         })
         .await;
     }
@@ -595,7 +474,7 @@ mod tests {
             "block level 7 round 1 already signed with different data"
         );
         assert_eq!(diff.reason().as_str(), "different_data");
-        let store = WatermarkError::Store("disk full".into());
+        let store = WatermarkError::store(StoreCause::Write, "disk full");
         assert_eq!(store.to_string(), "watermark store error: disk full");
         assert_eq!(store.reason().as_str(), "store_error");
         assert_eq!(RefusalReason::Store.to_string(), "store_error");

@@ -70,9 +70,16 @@ pub fn workspace_bin(name: &str, env_var: &str, packages: &[&str]) -> anyhow::Re
                 tried.join(", ")
             )
         })?;
+    // Cargo rewrites the binary's dep-info (`<bin>.d`) whenever it checks the binary against
+    // its sources, but leaves the binary itself alone when a rebuilt library came out the same
+    // (a touched or reformatted file): the later of the two says when it was last up to date.
     let built = std::fs::metadata(&found)
         .and_then(|m| m.modified())
         .with_context(|| format!("reading {}", found.display()))?;
+    let checked = std::fs::metadata(found.with_extension("d"))
+        .and_then(|m| m.modified())
+        .ok();
+    let built = checked.map_or(built, |c| c.max(built));
     for package in packages {
         let dir = workspace_root().join(package);
         let newest = [

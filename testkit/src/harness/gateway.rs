@@ -310,9 +310,11 @@ pub struct GatewayConfig {
     pub path_prefix: String,
     /// `api.max_body_bytes`.
     pub max_body_bytes: usize,
-    /// `watermark.backend`: `file` (with `dir: {dir}/watermarks`, `create_if_missing: true`)
-    /// or `memory`.
+    /// `watermark.backend`: `file` (with `dir: {dir}/watermarks`, `create_if_missing: true`),
+    /// `memory`, or `etcd` (with [`GatewayConfig::etcd`]).
     pub watermark_backend: String,
+    /// `watermark.etcd` for the `etcd` backend.
+    pub etcd: Option<EtcdWatermark>,
     /// `policy.default_kinds`.
     pub default_kinds: Vec<String>,
     /// `policy.keys` as a YAML flow mapping, e.g. `{ tz1…: { allow_generic: true } }`.
@@ -335,13 +337,36 @@ pub struct GatewayConfig {
     pub shutdown_grace: String,
 }
 
+/// `watermark.etcd` of a [`GatewayConfig`].
+#[derive(Debug, Clone)]
+pub struct EtcdWatermark {
+    /// `endpoints`: client URLs.
+    pub endpoints: Vec<String>,
+    /// `prefix`.
+    pub prefix: String,
+    /// `request_timeout` (humantime).
+    pub request_timeout: String,
+}
+
 impl GatewayConfig {
+    /// The etcd backend at `endpoints` under `prefix`, refusing after `request_timeout`.
+    pub fn with_etcd(mut self, endpoints: Vec<String>, prefix: &str, request_timeout: &str) -> GatewayConfig {
+        self.watermark_backend = "etcd".to_string();
+        self.etcd = Some(EtcdWatermark {
+            endpoints,
+            prefix: prefix.to_string(),
+            request_timeout: request_timeout.to_string(),
+        });
+        self
+    }
+
     /// Defaults with these signers (name, address), in priority order.
     pub fn new(signers: &[(&str, SocketAddr)]) -> GatewayConfig {
         GatewayConfig {
             path_prefix: String::new(),
             max_body_bytes: 65536,
             watermark_backend: "file".to_string(),
+            etcd: None,
             default_kinds: vec!["block".into(), "preattestation".into(), "attestation".into()],
             policy_keys: "{}".to_string(),
             signers: signers.iter().map(|(n, a)| (n.to_string(), *a)).collect(),
@@ -369,11 +394,20 @@ impl GatewayConfig {
             self.path_prefix,
             self.max_body_bytes,
             self.watermark_backend,
-            // The gateway refuses `dir` for the memory backend (strict config).
-            if self.watermark_backend == "file" {
-                "  dir: \"{dir}/watermarks\"\n  create_if_missing: true\n"
-            } else {
-                ""
+            // The gateway refuses `dir` for the other backends (strict config).
+            match (self.watermark_backend.as_str(), &self.etcd) {
+                ("file", _) => "  dir: \"{dir}/watermarks\"\n  create_if_missing: true\n".to_string(),
+                ("etcd", Some(e)) => format!(
+                    "  create_if_missing: true\n  etcd:\n    endpoints: [{}]\n    prefix: \"{}\"\n    request_timeout: {}\n",
+                    e.endpoints
+                        .iter()
+                        .map(|u| format!("\"{u}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    e.prefix,
+                    e.request_timeout
+                ),
+                _ => String::new(),
             },
             self.default_kinds.join(", "),
             self.policy_keys,

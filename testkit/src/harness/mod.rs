@@ -17,7 +17,7 @@ mod signer_process;
 
 pub use bins::{test_signer_bin, workspace_bin};
 pub use client::{Client, Reply, DEFAULT_TIMEOUT};
-pub use gateway::{gateway_bin, parse_ready_line, Gateway, GatewayConfig, READY_PREFIX, READY_TIMEOUT};
+pub use gateway::{gateway_bin, parse_ready_line, EtcdWatermark, Gateway, GatewayConfig, READY_PREFIX, READY_TIMEOUT};
 pub use payloads::{
     attestation, block, block_from_vector, bls_attestation, bls_preattestation, generic_operation, preattestation,
     vector, ConsensusOp, TEST_CHAIN, VECTORS_PATH,
