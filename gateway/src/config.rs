@@ -1107,6 +1107,97 @@ signers:
         }
     }
 
+    #[test]
+    fn etcd_settings() {
+        let sig = "signers: [{name: a, address: 'h:1'}]\n";
+        let ok = format!(
+            "watermark:\n  backend: etcd\n  etcd:\n    endpoints: ['https://e0:2379', 'https://e1:2379']\n    \
+             tls: {{ca: /c/ca.crt, cert: /c/tls.crt, key: /c/tls.key}}\n    username: gw\n    password_file: /p\n{sig}"
+        );
+        let s = Config::parse(&ok).unwrap();
+        let StoreSettings::Etcd(e) = &s.store else {
+            panic!("{:?}", s.store)
+        };
+        assert_eq!(e.endpoints.len(), 2);
+        assert_eq!(e.prefix, "/signer-gateway/");
+        assert_eq!(e.request_timeout, Duration::from_secs(2));
+        assert!(!e.create_if_missing);
+        assert_eq!(e.auth, Some(("gw".into(), PathBuf::from("/p"))));
+        let tls = e.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.identity,
+            Some((PathBuf::from("/c/tls.crt"), PathBuf::from("/c/tls.key")))
+        );
+
+        let etcd = |body: &str| format!("watermark:\n  backend: etcd\n  etcd: {body}\n{sig}");
+        let cases: Vec<(String, &str)> = vec![
+            (format!("watermark: {{backend: etcd}}\n{sig}"), "watermark.etcd"),
+            (
+                format!("watermark: {{backend: etcd, dir: /x, etcd: {{endpoints: ['http://e:1']}}}}\n{sig}"),
+                "watermark.dir",
+            ),
+            (
+                format!("watermark: {{dir: /x, etcd: {{endpoints: ['http://e:1']}}}}\n{sig}"),
+                "watermark.etcd",
+            ),
+            (etcd("{endpoints: []}"), "watermark.etcd.endpoints"),
+            (etcd("{endpoints: ['e:2379']}"), "watermark.etcd.endpoints[0]"),
+            (etcd("{endpoints: ['http://e']}"), "watermark.etcd.endpoints[0]"),
+            (
+                etcd("{endpoints: ['http://e:1', 'ftp://e:2']}"),
+                "watermark.etcd.endpoints[1]",
+            ),
+            (etcd("{endpoints: ['http://e:1/v3']}"), "watermark.etcd.endpoints[0]"),
+            (
+                etcd("{endpoints: ['http://e:1', 'https://e:2'], tls: {ca: /c}}"),
+                "watermark.etcd.endpoints",
+            ),
+            (etcd("{endpoints: ['https://e:1']}"), "watermark.etcd.tls"),
+            (etcd("{endpoints: ['http://e:1'], tls: {ca: /c}}"), "watermark.etcd.tls"),
+            (
+                etcd("{endpoints: ['https://e:1'], tls: {ca: /c, cert: /x}}"),
+                "watermark.etcd.tls.key",
+            ),
+            (
+                etcd("{endpoints: ['https://e:1'], tls: {ca: /c, key: /x}}"),
+                "watermark.etcd.tls.cert",
+            ),
+            (
+                etcd("{endpoints: ['http://e:1'], prefix: nope}"),
+                "watermark.etcd.prefix",
+            ),
+            (
+                etcd("{endpoints: ['http://e:1'], prefix: '/no-slash'}"),
+                "watermark.etcd.prefix",
+            ),
+            (
+                etcd("{endpoints: ['http://e:1'], request_timeout: 0s}"),
+                "watermark.etcd.request_timeout",
+            ),
+            (
+                etcd("{endpoints: ['http://e:1'], request_timeout: 2m}"),
+                "watermark.etcd.request_timeout",
+            ),
+            (
+                etcd("{endpoints: ['http://e:1'], username: gw}"),
+                "watermark.etcd.password_file",
+            ),
+            (
+                etcd("{endpoints: ['http://e:1'], password_file: /p}"),
+                "watermark.etcd.username",
+            ),
+            (
+                etcd("{endpoints: ['http://e:1'], username: '', password_file: /p}"),
+                "watermark.etcd.username",
+            ),
+            (etcd("{endpoints: ['http://e:1'], nope: 1}"), "nope"),
+        ];
+        for (text, field) in cases {
+            let e = err(&text);
+            assert!(e.contains(field), "error for {field} does not name it: {e}\n{text}");
+        }
+    }
+
     const PI_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBsc55qcwJVsJ6HxKH/W8irwSnJYsYWu6cEhZf3VGw2U pi-test";
 
     #[test]

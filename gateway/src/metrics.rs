@@ -76,32 +76,35 @@ impl StoreMetrics {
     /// Create the metrics, unregistered.
     pub fn new() -> prometheus::Result<StoreMetrics> {
         let buckets = vec![
-            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0,
-            5.0,
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0,
+            2.0, 5.0,
         ];
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "signer_gateway_store_duration_seconds",
+                "Watermark store operation latency, by backend and operation",
+            )
+            .buckets(buckets),
+            &["backend", "op"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "signer_gateway_store_errors_total",
+                "Failed watermark store operations, by backend and cause",
+            ),
+            &["backend", "reason"],
+        )?;
+        let lost_races = IntCounterVec::new(
+            Opts::new(
+                "signer_gateway_store_lost_races_total",
+                "Conditional mark writes lost to another writer and re-judged, by backend",
+            ),
+            &["backend"],
+        )?;
         Ok(StoreMetrics {
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "signer_gateway_store_duration_seconds",
-                    "Watermark store operation latency, by backend and operation",
-                )
-                .buckets(buckets),
-                &["backend", "op"],
-            )?,
-            errors: IntCounterVec::new(
-                Opts::new(
-                    "signer_gateway_store_errors_total",
-                    "Failed watermark store operations, by backend and cause",
-                ),
-                &["backend", "reason"],
-            )?,
-            lost_races: IntCounterVec::new(
-                Opts::new(
-                    "signer_gateway_store_lost_races_total",
-                    "Conditional mark writes lost to another writer and re-judged, by backend",
-                ),
-                &["backend"],
-            )?,
+            duration,
+            errors,
+            lost_races,
         })
     }
 
