@@ -5,7 +5,13 @@
 //! single failed request and without the session being touched; the link returns the way a NAT
 //! recovers (flows begun during the outage stay frozen) and the first replica is served again.
 //!
-//! Needs the `signer-gateway` and `signer-tunnel` binaries (`cargo build --workspace --bins`).
+//!
+//! With the gateways sharing their marks in etcd, a gateway is killed (SIGKILL): the baker's
+//! requests go to the other replica and succeed at once, none failed, since the Pi's session to
+//! it is already up; the marks the dead one recorded still hold.
+//!
+//! Needs the `signer-gateway` and `signer-tunnel` binaries (`cargo build --workspace --bins`),
+//! and `etcd` (Debian `etcd-server`) for the last test.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +19,9 @@ use anyhow::Context as _;
 use serde_json::Value;
 use signer_gateway::tezos::Pkh;
 use tempfile::TempDir;
+use testkit::etcd::{etcd_bin, EtcdCluster};
 use testkit::fault_proxy::{FaultProxy, ProxyMode};
-use testkit::harness::{attestation, eventually, Client, Gateway, TEST_CHAIN};
+use testkit::harness::{attestation, eventually, skip_unless_ci, Client, Gateway, TEST_CHAIN};
 use testkit::test_signer::{seed, TestSigner, TestSignerHandle, TestSignerOptions};
 use testkit::traffic::{Served, Signed, Traffic};
 use testkit::tunnel_harness::{keygen, TunnelClient, TunnelConfig, TunnelReplica};
@@ -31,12 +38,16 @@ const REQUEST_EVERY: Duration = Duration::from_millis(100);
 /// client keeps retrying that replica meanwhile, and the other must not notice.
 const OUTAGE_AFTER_END: Duration = Duration::from_secs(3);
 
-/// A gateway whose only signer is `pi`, behind the tunnel, with SSH on a port of its own.
-fn gateway_config(pi_key: &str) -> String {
+/// Each gateway's own file store.
+const FILE_STORE: &str = r#"{backend: file, dir: "{dir}/watermarks", create_if_missing: true}"#;
+
+/// A gateway whose only signer is `pi`, behind the tunnel, with SSH on a port of its own, and
+/// `watermark` as its store.
+fn gateway_config(pi_key: &str, watermark: &str) -> String {
     format!(
         r#"api: {{listen: 127.0.0.1:0}}
 admin: {{listen: 127.0.0.1:0}}
-watermark: {{backend: file, dir: "{{dir}}/watermarks", create_if_missing: true}}
+watermark: {watermark}
 ssh:
   listen: 127.0.0.1:0
   host_key: "{{dir}}/ssh_host_ed25519_key"
@@ -69,12 +80,30 @@ struct Rig {
     http: Client,
     pkh: Pkh,
     level: i32,
+    /// The etcd both gateways share, when they do.
+    etcd: Option<(EtcdCluster, TempDir)>,
     dir: TempDir,
 }
 
 impl Rig {
-    /// The signer, two gateways listing one key, a proxy in front of A; no client yet.
+    /// The signer, two gateways listing one key, each with its own file store, a proxy in
+    /// front of A; no client yet.
     async fn start() -> anyhow::Result<Rig> {
+        Rig::start_with(FILE_STORE, None).await
+    }
+
+    /// The same, the gateways sharing their marks in a one-member etcd.
+    async fn start_on_etcd() -> anyhow::Result<Rig> {
+        let etcd_dir = tempfile::Builder::new().prefix("tunnel-replicas-etcd-").tempdir()?;
+        let cluster = EtcdCluster::start(etcd_dir.path(), 1).await?;
+        let store = format!(
+            r#"{{backend: etcd, create_if_missing: true, etcd: {{endpoints: ["{}"], request_timeout: 2s}}}}"#,
+            cluster.endpoints().join(r#"", ""#)
+        );
+        Rig::start_with(&store, Some((cluster, etcd_dir))).await
+    }
+
+    async fn start_with(watermark: &str, etcd: Option<(EtcdCluster, TempDir)>) -> anyhow::Result<Rig> {
         let dir = tempfile::Builder::new().prefix("tunnel-replicas-").tempdir()?;
         let (identity, public) = keygen(dir.path(), "pi@replicas").await?;
         let pi = TestSigner::spawn(TestSignerOptions {
@@ -82,8 +111,8 @@ impl Rig {
             ..TestSignerOptions::default()
         })
         .await?;
-        let gw_a = Gateway::start(&gateway_config(&public)).await?;
-        let gw_b = Gateway::start(&gateway_config(&public)).await?;
+        let gw_a = Gateway::start(&gateway_config(&public, watermark)).await?;
+        let gw_b = Gateway::start(&gateway_config(&public, watermark)).await?;
         let (ssh_a, key_a) = gw_a.ssh_endpoint()?;
         let (ssh_b, key_b) = gw_b.ssh_endpoint()?;
         let proxy = FaultProxy::start(ssh_a).await?;
@@ -104,6 +133,7 @@ impl Rig {
             http: Client::new().with_timeout(Duration::from_secs(10)),
             pkh,
             level: 0,
+            etcd,
             dir,
         })
     }
@@ -268,6 +298,94 @@ async fn one_replica_dying_leaves_the_other_serving_body(rig: &mut Rig) -> anyho
     eprintln!(
         "A's link dead: the client noticed in {noticed:?}; B: {} (slowest is the worst case); \
          A served again {recovery:?} after the link returned",
+        traffic.summary()
+    );
+    Ok(())
+}
+
+/// Gateways sharing their marks in etcd; the Pi has a session to each. Gateway A is killed
+/// (SIGKILL): the baker's requests, sent to A while it answers and to B once A refuses
+/// connections (what a Service does once A's endpoint is gone), all succeed, the first one at
+/// once through B's session that was already up; A's marks hold on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_replica_costs_the_baker_nothing() {
+    if let Err(e) = etcd_bin() {
+        skip_unless_ci("killed_replica_costs_the_baker_nothing", &e.to_string());
+        return;
+    }
+    let mut rig = Rig::start_on_etcd().await.expect("starting the rig");
+    let result = killed_replica_costs_the_baker_nothing_body(&mut rig).await;
+    rig.check(result);
+}
+
+async fn killed_replica_costs_the_baker_nothing_body(rig: &mut Rig) -> anyhow::Result<()> {
+    anyhow::ensure!(rig.etcd.is_some(), "this test needs the etcd rig");
+    rig.tunnel = Some(TunnelClient::start(rig.dir.path(), &rig.config)?);
+    Rig::wait_served(&rig.gw_a, "gateway A", SETTLE).await?;
+    Rig::wait_served(&rig.gw_b, "gateway B", SETTLE).await?;
+    let b_before = Rig::tunnel_status(&rig.gw_b).await?;
+    // The baker signs through A.
+    let mut released = Vec::new();
+    for _ in 0..10 {
+        let s = rig.sign(false).await?;
+        anyhow::ensure!(s.ok() && s.by == Served::Pi, "through A: {s:?}");
+        released.push(rig.level);
+        tokio::time::sleep(REQUEST_EVERY).await;
+    }
+
+    rig.gw_a.kill();
+    let killed = Instant::now();
+    let mut traffic = Traffic::default();
+    let mut first = None;
+    for _ in 0..20 {
+        // A Service's view: A while it takes connections, B once it refuses them.
+        rig.level += 1;
+        let payload = attestation(TEST_CHAIN, rig.level, 0, 1);
+        let started = Instant::now();
+        let answer = match rig.http.sign(rig.gw_a.api, "", rig.pkh, &payload).await {
+            Ok(answer) => Ok(answer),
+            Err(_) => rig.http.sign(rig.gw_b.api, "", rig.pkh, &payload).await,
+        };
+        let r = answer.map(|(status, body)| Signed {
+            status,
+            body,
+            took: started.elapsed(),
+            by: if rig.pi.stats().last_sign_hex == Some(hex::encode(&payload)) {
+                Served::Pi
+            } else {
+                Served::Neither
+            },
+        });
+        if first.is_none() && r.as_ref().is_ok_and(Signed::ok) {
+            first = Some(killed.elapsed());
+        }
+        traffic.record(killed.elapsed(), r);
+        tokio::time::sleep(REQUEST_EVERY).await;
+    }
+    traffic.ensure_all_ok("the baker's requests after A was killed")?;
+    let first = first.context("no request succeeded")?;
+    anyhow::ensure!(
+        first < Duration::from_secs(1),
+        "the first request after the kill took {first:?}: B's session was not ready"
+    );
+    // B's session is the one that was up before the kill.
+    let b_after = Rig::tunnel_status(&rig.gw_b).await?;
+    anyhow::ensure!(
+        b_after["peer"] == b_before["peer"] && b_after["replacements"] == b_before["replacements"],
+        "B's session changed: before {b_before}, after {b_after}"
+    );
+    // What A released holds on B: other bytes at A's last level are refused.
+    let last = *released.last().context("released")?;
+    let (status, body) = rig
+        .http
+        .sign(rig.gw_b.api, "", rig.pkh, &attestation(TEST_CHAIN, last, 0, 9))
+        .await?;
+    anyhow::ensure!(
+        status == http::StatusCode::CONFLICT,
+        "A's mark not held on B: {status} {body}"
+    );
+    eprintln!(
+        "A killed: first signature through B {first:?} after; {}",
         traffic.summary()
     );
     Ok(())
