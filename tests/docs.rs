@@ -487,7 +487,11 @@ fn configuration_reference_has_the_gateway_defaults() {
     );
     let with_etcd = assert_documented_defaults(&etcd_base, &rows);
     // `watermark.backend` is set in this base; `etcd.prefix` and `etcd.request_timeout` are new.
-    assert_eq!(with_etcd, applied + 1, "the watermark.etcd defaults were not all checked");
+    assert_eq!(
+        with_etcd,
+        applied + 1,
+        "the watermark.etcd defaults were not all checked"
+    );
 }
 
 /// Parse `base` as is and with every documented default written out: the two must be the same

@@ -76,8 +76,8 @@ impl StoreMetrics {
     /// Create the metrics, unregistered.
     pub fn new() -> prometheus::Result<StoreMetrics> {
         let buckets = vec![
-            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0,
-            2.0, 5.0,
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0,
+            5.0,
         ];
         let duration = HistogramVec::new(
             HistogramOpts::new(
