@@ -376,7 +376,11 @@ impl Inner {
             Err(WatermarkError::Store(f)) if matches!(f.cause, StoreCause::Timeout | StoreCause::Unavailable) => {
                 self.unhealthy(&f.message)
             }
-            Ok(_) => lock(&self.health).healthy = true,
+            // A store with no marker answers reads but takes no mark: not ready.
+            Ok(_) => {
+                let mut h = lock(&self.health);
+                h.healthy = h.initialized;
+            }
             Err(_) => {}
         }
         result
@@ -438,6 +442,7 @@ impl Inner {
         let resp = kv.txn(txn).await.map_err(failure)?;
         self.metrics.observe(BACKEND, "etcd_txn", started);
         if resp.succeeded() {
+            lock(&self.health).initialized = true; // the marker compare held
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             self.remember(
                 *key,
