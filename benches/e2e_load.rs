@@ -40,44 +40,30 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use signer_gateway::config::Config;
-use signer_gateway::watermark::durable_write;
 use signer_gateway::Gateway;
 use testkit::test_signer::{seed, Mode, TestSigner, TestSignerOptions};
 use tokio::runtime::Runtime;
-use tokio::sync::Barrier;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{filesystem_of, RenameCounter};
+use common::load::{self, GatewayHistograms, Pace, Window};
+use common::procfs::{busy_before_start, cores, schedstat_ns, MachineCpu};
+use common::report::{diff_ns, ms, signed_ms, verdict};
+use common::stats::Latencies;
+use common::store::{filesystem_of, floor_cells, raw_writes, RenameCounter, STATE_FILE};
 
-/// Chain id in the payloads (mainnet's bytes; the gateway does not care which).
-const CHAIN: [u8; 4] = [0x7a, 0x06, 0xa7, 0x70];
-/// Bound on one request; a stuck request is an error, not a hang.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Latency target: added p50 ≤ raw durable write p50 + this.
 const ADDED_P50_SLACK: Duration = Duration::from_micros(300);
 /// Throughput target with the file store and 16 clients over distinct keys.
 const TARGET_RPS: f64 = 5000.0;
 /// Client count the throughput target applies to.
 const TARGET_CLIENTS: usize = 16;
-/// Raw durable writes discarded before timing.
-const WRITE_WARMUP: usize = 10;
 /// Bytes per raw durable write, per key: about what the file store's state file holds for one
 /// key with its last signature (16 keys gave 5,988 B).
 const FLOOR_BYTES_PER_KEY: usize = 384;
-/// The file store's state file: each durable write renames its temp file onto this name.
-const STATE_FILE: &str = "watermarks.json";
-/// Error messages kept per scenario.
-const MAX_ERROR_SAMPLES: usize = 5;
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -205,31 +191,24 @@ impl Target {
 }
 
 /// What one scenario measured.
-#[derive(Debug, Clone)]
 struct Outcome {
     target: Target,
     clients: usize,
-    requests: usize,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
-    error_samples: Vec<String>,
+    window: Window,
     cpu: CpuUse,
     /// Durable writes of the file store's state during the window (renames onto it, counted
     /// with inotify).
     store_writes: Option<u64>,
-    /// Mean watermark check-and-record time inside the gateway during the window.
-    watermark_mean: Option<Duration>,
-    /// Mean in-gateway time of a successful sign during the window.
-    gateway_sign_mean: Option<Duration>,
+    /// Mean watermark check-and-record time and mean in-gateway time of a successful sign
+    /// during the window.
+    means: (Option<Duration>, Option<Duration>),
     /// Size of the file store's state file after the scenario.
     state_bytes: Option<u64>,
 }
 
 impl Outcome {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
+    fn requests(&self) -> u64 {
+        self.window.latencies.count()
     }
 }
 
@@ -254,18 +233,11 @@ impl CpuUse {
 // ---------------------------------------------------------------------------------------------
 // Per-thread accounting from /proc (Linux only; zeros elsewhere).
 
-#[derive(Debug, Clone)]
-struct ThreadSample {
-    comm: String,
-    cpu_ns: u64,
-}
-
-#[derive(Debug, Clone)]
 struct Snapshot {
     at: Instant,
-    threads: HashMap<u32, ThreadSample>,
-    /// (busy, total) jiffies of the whole machine.
-    machine: Option<(u64, u64)>,
+    /// CPU ns per thread id, with the thread's name.
+    threads: HashMap<u32, (String, u64)>,
+    machine: MachineCpu,
 }
 
 fn snapshot() -> Snapshot {
@@ -276,283 +248,88 @@ fn snapshot() -> Snapshot {
                 continue;
             };
             let path = entry.path();
-            let comm = fs::read_to_string(path.join("comm"))
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            // First field of schedstat: nanoseconds spent running.
-            let cpu_ns = fs::read_to_string(path.join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-                .unwrap_or(0);
-            threads.insert(tid, ThreadSample { comm, cpu_ns });
+            let comm = fs::read_to_string(path.join("comm")).unwrap_or_default();
+            threads.insert(tid, (comm.trim().to_owned(), schedstat_ns(&path.join("schedstat"))));
         }
     }
-    let machine = fs::read_to_string("/proc/stat").ok().and_then(|s| {
-        let line = s.lines().next()?.strip_prefix("cpu ")?.to_owned();
-        let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        // user nice system idle iowait irq softirq steal …
-        let total: u64 = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-        Some((total - idle, total))
-    });
     Snapshot {
         at: Instant::now(),
         threads,
-        machine,
+        machine: MachineCpu::now(),
     }
 }
 
-/// CPU use between two snapshots.
+/// CPU use between two snapshots, by thread name.
 fn cpu_between(a: &Snapshot, b: &Snapshot) -> CpuUse {
     let wall_ns = b.at.duration_since(a.at).as_nanos().max(1) as f64;
     let mut cpu = CpuUse::default();
-    for (tid, after) in &b.threads {
-        let cpu0 = a.threads.get(tid).map_or(0, |s| s.cpu_ns);
-        let cores = after.cpu_ns.saturating_sub(cpu0) as f64 / wall_ns;
-        let comm = after.comm.as_str();
-        if comm.starts_with("gw-") {
-            cpu.gateway += cores;
+    for (tid, (comm, ns)) in &b.threads {
+        let ns0 = a.threads.get(tid).map_or(0, |t| t.1);
+        let cores = ns.saturating_sub(ns0) as f64 / wall_ns;
+        let group = if comm.starts_with("gw-") {
+            &mut cpu.gateway
         } else if comm.starts_with("watermark-writ") {
-            cpu.writer += cores;
+            &mut cpu.writer
         } else if comm.starts_with("signer-") {
-            cpu.signer += cores;
+            &mut cpu.signer
         } else if comm.starts_with("load-") {
-            cpu.load += cores;
+            &mut cpu.load
         } else {
-            cpu.other += cores;
-        }
+            &mut cpu.other
+        };
+        *group += cores;
     }
-    if let (Some((busy0, total0)), Some((busy1, total1))) = (a.machine, b.machine) {
-        let total = total1.saturating_sub(total0).max(1) as f64;
-        cpu.machine = busy1.saturating_sub(busy0) as f64 / total * cores_available() as f64;
-    }
+    cpu.machine = a.machine.cores_until(&b.machine);
     cpu
 }
 
-fn cores_available() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 // ---------------------------------------------------------------------------------------------
-// Load generation.
+// Scenarios.
 
-/// An 80-byte attestation: magic 0x13, chain, branch, tag 21, slot, level, round, payload hash.
-fn attestation(level: i32) -> [u8; 80] {
-    let mut b = [0u8; 80];
-    b[0] = 0x13;
-    b[1..5].copy_from_slice(&CHAIN);
-    b[5..37].fill(0xbb); // branch
-    b[37] = 21;
-    b[38..40].copy_from_slice(&0u16.to_be_bytes()); // slot
-    b[40..44].copy_from_slice(&level.to_be_bytes());
-    b[44..48].copy_from_slice(&0i32.to_be_bytes()); // round
-    b[48..80].fill(0xaa); // payload hash
-    b
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// A client with its own pool: run sequentially, it keeps exactly one keep-alive connection.
-fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .build(connector)
-}
-
-/// One sign request; `Ok` only for a 200 carrying an `edsig…` signature.
-async fn sign(client: &HttpClient, uri: &http::Uri, level: i32) -> Result<(), String> {
-    let body = format!("\"{}\"", hex::encode(attestation(level)));
-    let req = http::Request::post(uri.clone())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("building the request: {e}"))?;
-    let exchange = async {
-        let resp = client.request(req).await.map_err(|e| format!("transport: {e:?}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?
-            .to_bytes();
-        if status != http::StatusCode::OK {
-            return Err(format!(
-                "level {level}: HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("level {level}: body is not JSON: {e}"))?;
-        match json.get("signature").and_then(|s| s.as_str()) {
-            Some(s) if s.starts_with("edsig") => Ok(()),
-            _ => Err(format!("level {level}: no edsig signature in {json}")),
-        }
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("level {level}: no answer within {REQUEST_TIMEOUT:?}")),
-    }
-}
-
-struct ClientResult {
-    latencies_ns: Vec<u64>,
-    errors: usize,
-    error_samples: Vec<String>,
-    started: Instant,
-    ended: Instant,
-}
-
-/// One client: `warmup` unmeasured requests, then the barrier, then requests until `secs`
-/// have passed. Levels strictly increase (the watermark refuses anything else).
-async fn client_task(uri: http::Uri, warmup: usize, secs: f64, barrier: Arc<Barrier>) -> ClientResult {
-    let client = http_client();
-    let mut level: i32 = 0;
-    let mut errors = 0;
-    let mut error_samples = Vec::new();
-    let mut note = |e: String, errors: &mut usize| {
-        *errors += 1;
-        if error_samples.len() < MAX_ERROR_SAMPLES {
-            error_samples.push(e);
-        }
-    };
-    for _ in 0..warmup {
-        level += 1;
-        if let Err(e) = sign(&client, &uri, level).await {
-            note(format!("warm-up: {e}"), &mut errors);
-        }
-    }
-    barrier.wait().await;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(secs);
-    let mut latencies_ns = Vec::with_capacity(16 * 1024);
-    loop {
-        let t0 = Instant::now();
-        if t0 >= deadline {
-            break;
-        }
-        level += 1;
-        match sign(&client, &uri, level).await {
-            Ok(()) => latencies_ns.push(t0.elapsed().as_nanos() as u64),
-            Err(e) => note(e, &mut errors),
-        }
-    }
-    ClientResult {
-        latencies_ns,
-        errors,
-        error_samples,
-        started,
-        ended: Instant::now(),
-    }
-}
-
-/// Nearest-rank percentile of a sorted slice.
-fn percentile(sorted: &[u64], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Duration::from_nanos(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-/// Gateway metrics read from the admin port: (watermark sum s, count, sign sum s, sign count).
-async fn gateway_metrics(admin: SocketAddr) -> Option<(f64, f64, f64, f64)> {
-    let client = http_client();
-    let uri: http::Uri = format!("http://{admin}/metrics").parse().ok()?;
-    let req = http::Request::get(uri).body(Full::new(Bytes::new())).ok()?;
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    let sum_of = |prefix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    Some((
-        sum_of("signer_gateway_watermark_duration_seconds_sum"),
-        sum_of("signer_gateway_watermark_duration_seconds_count"),
-        sum_of("signer_gateway_sign_duration_seconds_sum"),
-        sum_of("signer_gateway_sign_duration_seconds_count"),
-    ))
-}
-
-struct Window {
-    latencies_ns: Vec<u64>,
-    errors: usize,
-    error_samples: Vec<String>,
-    elapsed: Duration,
+/// What a window measured, with the readings taken around it.
+struct Measured {
+    window: Window,
     cpu: CpuUse,
     store_writes: Option<u64>,
-    metrics: Option<(f64, f64, f64, f64)>,
+    means: (Option<Duration>, Option<Duration>),
 }
 
-/// Drive `pkhs.len()` clients against `base` (one key each) and measure one window.
+/// Drive one client per key of `pkhs` against `api` and measure one window.
 async fn drive(
-    base: SocketAddr,
+    api: SocketAddr,
     admin: Option<SocketAddr>,
     renames: Option<&RenameCounter>,
     pkhs: &[String],
     opts: &Opts,
-) -> Window {
-    let n = pkhs.len();
-    let warmup = opts.warmup.div_ceil(n).max(20);
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let tasks: Vec<_> = pkhs
-        .iter()
-        .map(|pkh| {
-            let uri: http::Uri = format!("http://{base}/keys/{pkh}").parse().expect("request URI");
-            tokio::spawn(client_task(uri, warmup, opts.secs, barrier.clone()))
-        })
-        .collect();
-    barrier.wait().await;
+) -> anyhow::Result<Measured> {
+    let running = load::start(
+        api,
+        pkhs,
+        opts.warmup,
+        Pace::BackToBack(Duration::from_secs_f64(opts.secs)),
+    )
+    .await?;
     // Taken just after the clients are released; a few hundred microseconds of /proc reads.
     let before = snapshot();
     let renames_before = renames.map(RenameCounter::count);
     let metrics_before = match admin {
-        Some(a) => gateway_metrics(a).await,
+        Some(a) => Some(GatewayHistograms::read(a).await?),
         None => None,
     };
-    let mut results = Vec::with_capacity(n);
-    for t in tasks {
-        results.push(t.await.expect("client task panicked"));
-    }
-    let metrics_after = match admin {
-        Some(a) => gateway_metrics(a).await,
-        None => None,
+    let window = running.finish().await?;
+    let means = match (admin, metrics_before) {
+        (Some(a), Some(m)) => m.means_until(&GatewayHistograms::read(a).await?),
+        _ => (None, None),
     };
-    let renames_after = renames.map(RenameCounter::count);
-    let after = snapshot();
-    let cpu = cpu_between(&before, &after);
-    let started = results.iter().map(|r| r.started).min().expect("at least one client");
-    let ended = results.iter().map(|r| r.ended).max().expect("at least one client");
-    let mut latencies_ns = Vec::new();
-    let mut errors = 0;
-    let mut error_samples = Vec::new();
-    for r in results {
-        latencies_ns.extend(r.latencies_ns);
-        errors += r.errors;
-        error_samples.extend(r.error_samples);
-    }
-    error_samples.truncate(MAX_ERROR_SAMPLES);
-    let metrics = match (metrics_before, metrics_after) {
-        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1, b.2 - a.2, b.3 - a.3)),
-        _ => None,
-    };
-    Window {
-        latencies_ns,
-        errors,
-        error_samples,
-        elapsed: ended - started,
-        cpu,
-        store_writes: renames_before.zip(renames_after).map(|(a, b)| b - a),
-        metrics,
-    }
+    let store_writes = renames_before
+        .zip(renames.map(RenameCounter::count))
+        .map(|(a, b)| b - a);
+    Ok(Measured {
+        window,
+        cpu: cpu_between(&before, &snapshot()),
+        store_writes,
+        means,
+    })
 }
 
 fn runtime(name: &'static str, threads: usize) -> Runtime {
@@ -592,18 +369,19 @@ struct Env<'a> {
     work: &'a Path,
 }
 
-fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> Outcome {
+fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> anyhow::Result<Outcome> {
     let pkhs = &env.pkhs[..clients];
     let store_dir = env.work.join(format!("wm-{clients}"));
-    let (window, state_bytes) = if target == Target::Direct {
+    let (measured, state_bytes) = if target == Target::Direct {
         (
-            env.load_rt.block_on(drive(env.signer_addr, None, None, pkhs, env.opts)),
+            env.load_rt
+                .block_on(drive(env.signer_addr, None, None, pkhs, env.opts))?,
             None,
         )
     } else {
         // Watch the store directory before the gateway creates its state file in it.
         let renames = if target == Target::File {
-            fs::create_dir_all(&store_dir).expect("creating the store directory");
+            fs::create_dir_all(&store_dir)?;
             match RenameCounter::watch(&store_dir, STATE_FILE) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -614,85 +392,30 @@ fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> Outcome {
         } else {
             None
         };
-        let settings = Config::parse(&gateway_yaml(env.signer_addr, target, &store_dir)).expect("gateway config");
-        let gateway = env
-            .gateway_rt
-            .block_on(Gateway::start(settings))
-            .expect("starting the gateway");
-        let api = gateway.api_addr().expect("api address");
-        let admin = gateway.admin_addr().expect("admin address");
+        let settings = Config::parse(&gateway_yaml(env.signer_addr, target, &store_dir))?;
+        let gateway = env.gateway_rt.block_on(Gateway::start(settings))?;
+        let (api, admin) = (gateway.api_addr()?, gateway.admin_addr()?);
         let shutdown = CancellationToken::new();
         let running = env.gateway_rt.spawn(gateway.run(shutdown.clone()));
-        let window = env
+        let measured = env
             .load_rt
             .block_on(drive(api, Some(admin), renames.as_ref(), pkhs, env.opts));
         shutdown.cancel();
-        env.gateway_rt.block_on(running).expect("gateway task panicked");
+        env.gateway_rt.block_on(running)?;
         let state_bytes = (target == Target::File)
             .then(|| fs::metadata(store_dir.join(STATE_FILE)).map(|m| m.len()).ok())
             .flatten();
-        (window, state_bytes)
+        (measured?, state_bytes)
     };
-    let mut lat = window.latencies_ns;
-    lat.sort_unstable();
-    let (watermark_mean, gateway_sign_mean) = match window.metrics {
-        Some((wsum, wcount, ssum, scount)) => (
-            (wcount > 0.0).then(|| Duration::from_secs_f64(wsum / wcount)),
-            (scount > 0.0).then(|| Duration::from_secs_f64(ssum / scount)),
-        ),
-        None => (None, None),
-    };
-    Outcome {
+    Ok(Outcome {
         target,
         clients,
-        requests: lat.len(),
-        elapsed: window.elapsed,
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        errors: window.errors,
-        error_samples: window.error_samples,
-        cpu: window.cpu,
-        store_writes: window.store_writes,
-        watermark_mean,
-        gateway_sign_mean,
+        window: measured.window,
+        cpu: measured.cpu,
+        store_writes: measured.store_writes,
+        means: measured.means,
         state_bytes,
-    }
-}
-
-/// Time `n` raw durable writes of `size` bytes in `dir` (the gateway's own routine, the one
-/// its file store calls), after a short warm-up.
-fn durable_write_floor(dir: &Path, n: usize, size: usize) -> std::io::Result<Vec<u64>> {
-    fs::create_dir_all(dir)?;
-    let mut payload = vec![b' '; size.max(2)];
-    payload[0] = b'{';
-    *payload.last_mut().expect("non-empty") = b'}';
-    let mut times = Vec::with_capacity(n);
-    for i in 0..n + WRITE_WARMUP {
-        payload[1] = b'a' + (i % 26) as u8; // different bytes every time
-        let t0 = Instant::now();
-        durable_write(dir, "floor.json", &payload)?;
-        if i >= WRITE_WARMUP {
-            times.push(t0.elapsed().as_nanos() as u64);
-        }
-    }
-    times.sort_unstable();
-    Ok(times)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
-}
-
-fn signed_ms(nanos: i128) -> String {
-    format!("{:+.3}", nanos as f64 / 1e6)
-}
-
-fn pass(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
+    })
 }
 
 fn main() -> ExitCode {
@@ -703,19 +426,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let max_clients = opts.clients.iter().copied().max().unwrap_or(1);
-    if let Err(e) = fs::create_dir_all(&opts.dir) {
-        eprintln!("e2e_load: cannot create {}: {e}", opts.dir.display());
-        return ExitCode::from(2);
+    match run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("e2e_load: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    let work = tempfile::Builder::new()
-        .prefix("e2e_load-")
-        .tempdir_in(&opts.dir)
-        .expect("temp dir");
+}
+
+/// Every scenario, then the report; `false` when a request failed.
+fn run(opts: &Opts) -> anyhow::Result<bool> {
+    let max_clients = opts.clients.iter().copied().max().unwrap_or(1);
+    fs::create_dir_all(&opts.dir)?;
+    let work = tempfile::Builder::new().prefix("e2e_load-").tempdir_in(&opts.dir)?;
     println!("e2e_load: end-to-end sign latency and throughput");
     println!(
         "  {} cores; runtimes: gateway {} worker(s), test signer {}, load generator {}",
-        cores_available(),
+        cores(),
         opts.gateway_threads,
         opts.signer_threads,
         opts.load_threads
@@ -727,60 +456,49 @@ fn main() -> ExitCode {
         work.path().display(),
         filesystem_of(work.path())
     );
-    let idle = {
-        let a = snapshot();
-        std::thread::sleep(Duration::from_millis(500));
-        cpu_between(&a, &snapshot()).machine
-    };
+    let idle = busy_before_start();
     println!("  machine busy before starting (other processes): {idle:.2} cores");
 
     let signer_rt = runtime("signer-rt", opts.signer_threads);
     let load_rt = runtime("load-rt", opts.load_threads);
     let gateway_rt = runtime("gw-rt", opts.gateway_threads);
-    let signer = signer_rt
-        .block_on(TestSigner::spawn(TestSignerOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            seeds: (1..=max_clients).map(|n| seed(n as u8)).collect(),
-            mode: Mode::Ok,
-            ..Default::default()
-        }))
-        .expect("starting the test signer");
+    let signer = signer_rt.block_on(TestSigner::spawn(TestSignerOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        seeds: (1..=max_clients).map(|n| seed(n as u8)).collect(),
+        mode: Mode::Ok,
+        ..Default::default()
+    }))?;
     let pkhs: Vec<String> = signer.pkhs().iter().map(|p| p.to_string()).collect();
 
     // The floor is timed just before the file-store scenarios and again at the end, in the same
     // directory tree, with about the bytes the store writes (its state file for these keys).
     let floor_bytes = FLOOR_BYTES_PER_KEY * max_clients;
     let floor_dir = work.path().join("floor");
-    let mut floors: Vec<(&str, Vec<u64>)> = Vec::new();
+    let mut floors: Vec<(&str, Latencies)> = Vec::new();
     let mut outcomes = Vec::new();
     for &target in &opts.targets {
         if target == Target::File {
-            match durable_write_floor(&floor_dir, opts.writes, floor_bytes) {
-                Ok(t) => floors.push(("before file-store runs", t)),
-                Err(e) => {
-                    eprintln!("e2e_load: raw durable write failed: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+            let floor = raw_writes(&floor_dir, opts.writes, floor_bytes, None)?;
+            floors.push(("before file-store runs", floor.latencies));
         }
         for &clients in &opts.clients {
             let env = Env {
-                opts: &opts,
+                opts,
                 load_rt: &load_rt,
                 gateway_rt: &gateway_rt,
                 signer_addr: signer.addr(),
                 pkhs: &pkhs,
                 work: &work.path().join(format!("{target:?}").to_lowercase()),
             };
-            let o = run_scenario(&env, target, clients);
+            let o = run_scenario(&env, target, clients)?;
             println!(
                 "  done: {:<24} {:>2} client(s): {:>8.0} req/s, p50 {} ms, p99 {} ms, {} error(s)",
                 o.target.label(),
                 o.clients,
-                o.rps(),
-                ms(o.p50),
-                ms(o.p99),
-                o.errors
+                o.window.rps(),
+                ms(o.window.latencies.p50()),
+                ms(o.window.latencies.p99()),
+                o.window.errors
             );
             outcomes.push(o);
         }
@@ -789,59 +507,33 @@ fn main() -> ExitCode {
     drop(gateway_rt);
     drop(load_rt);
     drop(signer_rt);
-    match durable_write_floor(&floor_dir, opts.writes, floor_bytes) {
-        Ok(t) => floors.push(("after all runs", t)),
-        Err(e) => {
-            eprintln!("e2e_load: raw durable write failed: {e}");
-            return ExitCode::FAILURE;
-        }
+    floors.push((
+        "after all runs",
+        raw_writes(&floor_dir, opts.writes, floor_bytes, None)?.latencies,
+    ));
+    let mut pooled = Latencies::default();
+    for (_, l) in &floors {
+        pooled.merge(l);
     }
-    let mut pooled: Vec<u64> = floors.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-    pooled.sort_unstable();
-    let floor_p50 = percentile(&pooled, 50.0);
+    let floor_p50 = pooled.p50();
     if floors.len() > 1 {
-        floors.push(("pooled", pooled.clone()));
+        floors.push(("pooled", pooled));
     }
 
-    println!();
-    println!(
-        "| {:<41} | {:>7} | {:>8} | {:>9} | {:>8} | {:>8} | {:>6} | {:>31} |",
-        "scenario", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors", "CPU cores: gw/writer/signer/load"
-    );
-    println!(
-        "|{:-<43}|{:->9}|{:->10}|{:->11}|{:->10}|{:->10}|{:->8}|{:->33}|",
-        ":", ":", ":", ":", ":", ":", ":", ":"
-    );
+    let mut table = Window::table(&[">CPU cores: gw/writer/signer/load"]);
     for o in &outcomes {
-        println!(
-            "| {:<41} | {:>7} | {:>8} | {:>9.0} | {:>8} | {:>8} | {:>6} | {:>31} |",
-            o.target.label(),
-            o.clients,
-            o.requests,
-            o.rps(),
-            ms(o.p50),
-            ms(o.p99),
-            o.errors,
-            format!(
-                "{:.2}/{:.2}/{:.2}/{:.2}",
-                o.cpu.gateway, o.cpu.writer, o.cpu.signer, o.cpu.load
-            )
-        );
+        let c = &o.cpu;
+        let mut cells = o.window.cells(o.target.label(), &o.clients.to_string());
+        cells.push(format!(
+            "{:.2}/{:.2}/{:.2}/{:.2}",
+            c.gateway, c.writer, c.signer, c.load
+        ));
+        table.row(cells);
     }
-    for (when, times) in &floors {
-        let p50 = percentile(times, 50.0);
-        println!(
-            "| {:<41} | {:>7} | {:>8} | {:>9.0} | {:>8} | {:>8} | {:>6} | {:>31} |",
-            format!("raw durable write, {when}"),
-            "-",
-            times.len(),
-            1.0 / p50.as_secs_f64().max(1e-9),
-            ms(p50),
-            ms(percentile(times, 99.0)),
-            0,
-            "-"
-        );
+    for (when, l) in &floors {
+        table.row(floor_cells(when, l));
     }
+    table.print();
     let state_bytes = outcomes.iter().filter_map(|o| o.state_bytes).max();
     println!(
         "  (raw durable write: {floor_bytes} B per write; the file store's state file was {} at the end)",
@@ -857,9 +549,10 @@ fn main() -> ExitCode {
         };
         for target in [Target::Memory, Target::File] {
             let Some(gw) = find(target, clients) else { continue };
-            let added = gw.p50.as_nanos() as i128 - direct.p50.as_nanos() as i128;
-            let ratio = gw.p50.as_secs_f64() / direct.p50.as_secs_f64().max(1e-12);
-            let tput = gw.rps() / direct.rps().max(1e-12);
+            let (gw_p50, direct_p50) = (gw.window.latencies.p50(), direct.window.latencies.p50());
+            let added = diff_ns(direct_p50, gw_p50);
+            let ratio = gw_p50.as_secs_f64() / direct_p50.as_secs_f64().max(1e-12);
+            let tput = gw.window.rps() / direct.window.rps().max(1e-12);
             print!(
                 "  {clients:>2} client(s), {:<22}: p50 {ratio:>5.2}x direct (added {} ms), throughput {tput:.2}x direct",
                 target.label(),
@@ -871,12 +564,12 @@ fn main() -> ExitCode {
                     "; added p50 {} ms vs raw durable write p50 + 0.3 = {} ms: {}",
                     signed_ms(added),
                     ms(limit),
-                    pass(added <= limit.as_nanos() as i128)
+                    verdict(added <= limit.as_nanos() as i128)
                 );
                 if let Some(writes) = gw.store_writes {
                     print!(
                         " ({:.2} durable writes per sign)",
-                        writes as f64 / gw.requests.max(1) as f64
+                        writes as f64 / gw.requests().max(1) as f64
                     );
                 }
             }
@@ -886,49 +579,39 @@ fn main() -> ExitCode {
     if let Some(file16) = find(Target::File, TARGET_CLIENTS) {
         println!(
             "  file store, {TARGET_CLIENTS} clients over distinct keys: {:.0} signs/s vs target {TARGET_RPS:.0}/s: {}",
-            file16.rps(),
-            pass(file16.rps() >= TARGET_RPS)
+            file16.window.rps(),
+            verdict(file16.window.rps() >= TARGET_RPS)
         );
     }
 
     println!();
     println!("Where the time goes (measured window only):");
-    for o in outcomes.iter().filter(|o| o.target != Target::Direct) {
+    for o in &outcomes {
         let mut line = format!("  {:<22} {:>2} client(s):", o.target.label(), o.clients);
-        if let Some(w) = o.watermark_mean {
+        if let Some(w) = o.means.0 {
             line += &format!(" watermark wait mean {} ms,", ms(w));
         }
-        if let Some(s) = o.gateway_sign_mean {
+        if let Some(s) = o.means.1 {
             line += &format!(" in-gateway sign mean {} ms,", ms(s));
         }
         if let Some(writes) = o.store_writes {
             // The writer never overlaps two writes, so wall time / writes bounds one write's
             // mean cost from above (equal when the writer never idles).
-            let secs = o.elapsed.as_secs_f64();
+            let secs = o.window.elapsed.as_secs_f64();
             line += &format!(
                 " {writes} durable writes ({:.0}/s, {:.2} per sign, <= {} ms each),",
                 writes as f64 / secs,
-                writes as f64 / (o.requests.max(1)) as f64,
+                writes as f64 / o.requests().max(1) as f64,
                 ms(Duration::from_secs_f64(secs / writes.max(1) as f64))
             );
         }
         line += &format!(
             " CPU: this process {:.2} of {} cores, machine {:.2}",
             o.cpu.ours(),
-            cores_available(),
+            cores(),
             o.cpu.machine
         );
         println!("{line}");
-    }
-    for o in outcomes.iter().filter(|o| o.target == Target::Direct) {
-        println!(
-            "  {:<22} {:>2} client(s): CPU: this process {:.2} of {} cores, machine {:.2}",
-            o.target.label(),
-            o.clients,
-            o.cpu.ours(),
-            cores_available(),
-            o.cpu.machine
-        );
     }
     let busy = outcomes
         .iter()
@@ -942,22 +625,21 @@ fn main() -> ExitCode {
     }
     println!("  (Little's law: with one request in flight per client, signs/s <= clients / mean latency.)");
 
-    let errors: usize = outcomes.iter().map(|o| o.errors).sum();
+    let errors: usize = outcomes.iter().map(|o| o.window.errors).sum();
     if errors > 0 {
         eprintln!();
         eprintln!("e2e_load: FAILED: {errors} request(s) failed; every sign must succeed:");
-        for o in outcomes.iter().filter(|o| o.errors > 0) {
+        for o in outcomes.iter().filter(|o| o.window.errors > 0) {
             eprintln!(
                 "  {} with {} client(s): {} error(s)",
                 o.target.label(),
                 o.clients,
-                o.errors
+                o.window.errors
             );
-            for e in &o.error_samples {
+            for e in &o.window.error_samples {
                 eprintln!("    {e}");
             }
         }
-        return ExitCode::FAILURE;
     }
-    ExitCode::SUCCESS
+    Ok(errors == 0)
 }
