@@ -402,13 +402,9 @@ impl Inner {
         lock(&self.views).get(key).cloned()
     }
 
-    /// Linearizable read of one key.
-    async fn read(&self, key: &MarkKey) -> EtcdResult<View> {
-        let mut kv = self.kv()?;
-        let started = Instant::now();
-        let resp = kv.get(self.etcd_key(key), None).await.map_err(failure)?;
-        self.metrics.observe(BACKEND, "etcd_get", started);
-        let view = match resp.kvs().first() {
+    /// The view a read of `key` gives (absent: revision 0), remembered.
+    fn seen(&self, key: &MarkKey, read: &etcd_client::GetResponse) -> EtcdResult<View> {
+        let view = match read.kvs().first() {
             None => View {
                 revision: 0,
                 mark: None,
@@ -420,6 +416,15 @@ impl Inner {
         };
         self.remember(*key, view.clone());
         Ok(view)
+    }
+
+    /// Linearizable read of one key.
+    async fn read(&self, key: &MarkKey) -> EtcdResult<View> {
+        let mut kv = self.kv()?;
+        let started = Instant::now();
+        let resp = kv.get(self.etcd_key(key), None).await.map_err(failure)?;
+        self.metrics.observe(BACKEND, "etcd_get", started);
+        self.seen(key, &resp)
     }
 
     /// `if mod_revision == seen.revision then put(mark) else get`: `Ok(None)` when committed
@@ -469,18 +474,7 @@ impl Inner {
             self.unhealthy(&why);
             return Err(WatermarkError::store(StoreCause::NotInitialized, why));
         }
-        let view = match current.kvs().first() {
-            None => View {
-                revision: 0,
-                mark: None,
-            },
-            Some(kv) => View {
-                revision: kv.mod_revision(),
-                mark: Some(decode(key, kv.value())?),
-            },
-        };
-        self.remember(*key, view.clone());
-        Ok(Some(view))
+        self.seen(key, &current).map(Some)
     }
 
     async fn check_and_record(&self, req: &MarkRequest) -> EtcdResult<Outcome> {
