@@ -75,8 +75,7 @@ pub struct Footprint {
     pub idle_file: u64,
     pub load_peak_rss: u64,
     pub load_clients: usize,
-    pub end_rss: u64,
-    pub end_hwm: u64,
+    pub hwm: u64,
 }
 
 impl Footprint {
@@ -91,10 +90,9 @@ impl Footprint {
         }
     }
 
-    /// Readings once every window is over.
+    /// Its peak over its life, once every window is over.
     pub fn end(&mut self, pid: u32) {
-        self.end_rss = status_kb(pid, "VmRSS:").unwrap_or(0);
-        self.end_hwm = status_kb(pid, "VmHWM:").unwrap_or(0);
+        self.hwm = status_kb(pid, "VmHWM:").unwrap_or(0);
     }
 }
 
