@@ -55,7 +55,9 @@ enum Restore {
     /// After this long.
     After(Duration),
     /// Right after the client logged its n-th failed reconnect ("cannot reach the gateway"):
-    /// it then sleeps its backoff, with no attempt pending.
+    /// it then sleeps its backoff, with no attempt pending. A blackhole alone never gets it
+    /// there (it keeps overlapping attempts pending), so once it noticed the dead link, the
+    /// link refuses connections (resets) until then.
     InBackoff(usize),
 }
 
@@ -93,6 +95,9 @@ async fn run_once(rig: &mut TunnelRig, restore: Restore) -> anyhow::Result<Run> 
             Restore::After(d) if t0.elapsed() >= d => break,
             Restore::After(_) => {}
             Restore::InBackoff(n) => {
+                if proxy.mode() == ProxyMode::Blackhole && since_t0("session ended").next().is_some() {
+                    proxy.set_mode(ProxyMode::Reset);
+                }
                 if let Some((_, line)) = since_t0("cannot reach the gateway").nth(n - 1) {
                     let drawn = line.split_whitespace().find_map(|w| w.strip_prefix("retry_in="));
                     backoff = format!(" (restored in backoff: drawn {})", drawn.unwrap_or("?"));

@@ -13,9 +13,10 @@
 //! 2. **Failover** ([`faults`]): pi behind `signer-tunnel` through the fault proxy, a TCP
 //!    backup with the same key; one request every 100 ms; the proxy blackholes pi's link.
 //!    Blackhole → first answer by the backup ≤ 2 s, no failed request (issue 3).
-//! 3. **Recovery** (same runs): the link is restored after the outage, or right after the
-//!    client's n-th failed reconnect (while it sleeps its backoff). Restore → pi serving
-//!    ≤ 2 s (issue 4); the client's new session → pi serving ≤ 1 s (issue 3).
+//! 3. **Recovery** (same runs): the link is restored after the outage, or, once the client
+//!    noticed it dead, made to refuse connections until the client's n-th failed reconnect and
+//!    restored while it sleeps its backoff. Restore → pi serving ≤ 2 s (issue 4); the client's
+//!    new session → pi serving ≤ 1 s (issue 3).
 //! 4. **Uplink switch** ([`uplinks`]): two uplinks (127.0.0.2, 127.0.0.3) through the
 //!    per-source proxy; the preferred one is blackholed, then restored. No failed request,
 //!    ≤ 2 s extra latency, both ways (issue 4).
