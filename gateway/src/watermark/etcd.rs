@@ -16,8 +16,12 @@
 //!    by a linearizable read, never by the local view: the view only saves round trips (one
 //!    transaction per new level in the common case).
 //!
-//! The stored signature for identical bytes is added by a second conditional write that only
-//! lands if the mark is unchanged ([`EtcdStore::record_signature`]).
+//! The signature released for a mark is kept under a key of its own by a second conditional
+//! write that lands only if the mark is unchanged: queued by [`EtcdStore::record_signature`]
+//! and written in the background, every signature pending at that moment in one transaction
+//! (as the file store group-commits), so the baker's answer never waits for it and the mark's
+//! own revision, which the next check-and-record compares, does not move. An identical repeat
+//! reads both keys and gets the signature only when it belongs to the mark's very bytes.
 //!
 //! # Failing closed
 //!
@@ -41,7 +45,8 @@
 //!
 //! `<prefix>created` → `{"v":1,"created_by":"signer-gateway <version>"}`;
 //! `<prefix>marks/<chain>/<pkh>/<kind>` → `{"v":1,"level":…,"round":…,"digest":hex|null,
-//! "signature":…|null}`.
+//! "signature":null}`; `<prefix>sigs/<chain>/<pkh>/<kind>` → the same with the signature, for
+//! the mark of that (level, round, digest) only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -69,6 +74,8 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 const FORMAT: u32 = 1;
 /// Local views kept; past this the map is cleared (views only save round trips).
 const MAX_VIEWS: usize = 65_536;
+/// Signatures written per background transaction (etcd's default `--max-txn-ops` is 128).
+const SIGNATURES_PER_TXN: usize = 64;
 /// Backend name in metrics, logs and `/status`.
 const BACKEND: &str = "etcd";
 
@@ -90,10 +97,11 @@ pub enum EtcdOpenError {
     Client(String),
 }
 
-/// The etcd-backed store. Dropping it stops its probe.
+/// The etcd-backed store. Dropping it stops its probe and its signature writer.
 pub struct EtcdStore {
     inner: Arc<Inner>,
     probe: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 struct Inner {
@@ -105,6 +113,10 @@ struct Inner {
     views: Mutex<HashMap<MarkKey, View>>,
     health: Mutex<Health>,
     metrics: StoreMetrics,
+    /// Signatures to keep, by mark, with the mark's revision they belong to.
+    pending: Mutex<HashMap<MarkKey, (i64, Mark)>>,
+    /// Wakes the signature writer.
+    wake: tokio::sync::Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -150,10 +162,13 @@ impl EtcdStore {
                 ..Health::default()
             }),
             metrics,
+            pending: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
         });
         inner.probe_once().await;
         let probe = tokio::spawn(probe_loop(Arc::downgrade(&inner)));
-        Ok(EtcdStore { inner, probe })
+        let writer = tokio::spawn(signature_writer(Arc::downgrade(&inner)));
+        Ok(EtcdStore { inner, probe, writer })
     }
 
     /// The key of the store's marker under `prefix`.
@@ -165,11 +180,17 @@ impl EtcdStore {
     pub fn key_of(prefix: &str, key: &MarkKey) -> String {
         format!("{prefix}marks/{}/{}/{}", key.chain, key.pkh, key.kind)
     }
+
+    /// The etcd key of the signature kept for a mark.
+    pub fn signature_key_of(prefix: &str, key: &MarkKey) -> String {
+        format!("{prefix}sigs/{}/{}/{}", key.chain, key.pkh, key.kind)
+    }
 }
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
         self.probe.abort();
+        self.writer.abort();
     }
 }
 
@@ -218,6 +239,25 @@ async fn probe_loop(inner: Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         inner.probe_once().await;
+    }
+}
+
+/// Write the queued signatures until the store is dropped: each time it is woken, everything
+/// pending then in one transaction of conditional writes (one per mark: only if the mark's
+/// revision is still the one signed for). A failure drops them: a repeat then asks a signer
+/// for the same bytes again, which is safe.
+///
+/// Holds the store's state while it runs; [`EtcdStore`]'s drop aborts it.
+async fn signature_writer(inner: Weak<Inner>) {
+    let Some(inner) = inner.upgrade() else { return };
+    loop {
+        inner.wake.notified().await;
+        let batch: Vec<(MarkKey, (i64, Mark))> = lock(&inner.pending).drain().collect();
+        for chunk in batch.chunks(SIGNATURES_PER_TXN) {
+            if let Err(e) = inner.bounded(|| inner.write_signatures(chunk)).await {
+                warn!(error = %e, signatures = chunk.len(), "could not keep signatures for identical repeats");
+            }
+        }
     }
 }
 
@@ -402,9 +442,10 @@ impl Inner {
         lock(&self.views).get(key).cloned()
     }
 
-    /// The view a read of `key` gives (absent: revision 0), remembered.
-    fn seen(&self, key: &MarkKey, read: &etcd_client::GetResponse) -> EtcdResult<View> {
-        let view = match read.kvs().first() {
+    /// The view reads of a mark and of its kept signature give (absent: revision 0), remembered
+    /// without the signature (the next compare is on the mark alone).
+    fn seen(&self, key: &MarkKey, mark: &etcd_client::GetResponse, sig: &etcd_client::GetResponse) -> EtcdResult<View> {
+        let view = match mark.kvs().first() {
             None => View {
                 revision: 0,
                 mark: None,
@@ -415,16 +456,47 @@ impl Inner {
             },
         };
         self.remember(*key, view.clone());
-        Ok(view)
+        Ok(View {
+            mark: view
+                .mark
+                .map(|m| with_signature(key, m, sig.kvs().first().map(|kv| kv.value()))),
+            ..view
+        })
     }
 
-    /// Linearizable read of one key.
+    /// Linearizable read of a mark and its kept signature.
     async fn read(&self, key: &MarkKey) -> EtcdResult<View> {
         let mut kv = self.kv()?;
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.etcd_key(key), None),
+            TxnOp::get(self.signature_key(key), None),
+        ]);
         let started = Instant::now();
-        let resp = kv.get(self.etcd_key(key), None).await.map_err(failure)?;
+        let resp = kv.txn(txn).await.map_err(failure)?;
         self.metrics.observe(BACKEND, "etcd_get", started);
-        self.seen(key, &resp)
+        let [mark, sig] = reads::<2>(&resp)?;
+        self.seen(key, &mark, &sig)
+    }
+
+    /// One transaction of conditional signature writes (see [`signature_writer`]).
+    async fn write_signatures(&self, batch: &[(MarkKey, (i64, Mark))]) -> EtcdResult<()> {
+        let mut ops = Vec::with_capacity(batch.len());
+        for (key, (revision, mark)) in batch {
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::mod_revision(self.etcd_key(key), CompareOp::Equal, *revision)])
+                    .and_then([TxnOp::put(self.signature_key(key), encode(mark)?, None)]),
+            ));
+        }
+        let mut kv = self.kv()?;
+        let started = Instant::now();
+        kv.txn(Txn::new().and_then(ops)).await.map_err(failure)?;
+        self.metrics.observe(BACKEND, "etcd_txn_signatures", started);
+        Ok(())
+    }
+
+    fn signature_key(&self, key: &MarkKey) -> String {
+        EtcdStore::signature_key_of(&self.settings.prefix, key)
     }
 
     /// `if mod_revision == seen.revision then put(mark) else get`: `Ok(None)` when committed
@@ -442,6 +514,7 @@ impl Inner {
             .or_else([
                 TxnOp::get(k, None),
                 TxnOp::get(marker.clone(), Some(GetOptions::new().with_count_only())),
+                TxnOp::get(self.signature_key(key), None),
             ]);
         let started = Instant::now();
         let resp = kv.txn(txn).await.map_err(failure)?;
@@ -458,23 +531,14 @@ impl Inner {
             );
             return Ok(None);
         }
-        let mut reads = resp.op_responses().into_iter().filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        });
-        let (Some(current), Some(marker_read)) = (reads.next(), reads.next()) else {
-            return Err(WatermarkError::store(
-                StoreCause::Unavailable,
-                "etcd: transaction answer without its reads",
-            ));
-        };
+        let [current, marker_read, sig] = reads::<3>(&resp)?;
         if marker_read.count() == 0 {
             lock(&self.health).initialized = false;
             let why = self.no_store_here();
             self.unhealthy(&why);
             return Err(WatermarkError::store(StoreCause::NotInitialized, why));
         }
-        self.seen(key, &current).map(Some)
+        self.seen(key, &current, &sig).map(Some)
     }
 
     async fn check_and_record(&self, req: &MarkRequest) -> EtcdResult<Outcome> {
@@ -516,29 +580,19 @@ impl Inner {
         ))
     }
 
-    async fn record_signature(&self, req: &MarkRequest, signature: &str) -> EtcdResult<()> {
-        let mut seen = match self.view(&req.key) {
-            Some(v) => v,
-            None => self.read(&req.key).await?,
+    /// Queue the signature of the mark `req` recorded, if this gateway's view still holds that
+    /// mark (else it has moved on and the signature could answer nothing).
+    fn queue_signature(&self, req: &MarkRequest, signature: &str) {
+        let Some(view) = self.view(&req.key) else { return };
+        let Some(mark) = view.mark.filter(|m| is_mark_of(m, req)) else {
+            return;
         };
-        for _ in 0..3 {
-            let Some(mark) = seen
-                .mark
-                .as_ref()
-                .filter(|m| is_mark_of(m, req) && m.signature.is_none())
-            else {
-                return Ok(()); // moved on, or already signed for: nothing to add
-            };
-            let with_sig = Mark {
-                signature: Some(signature.to_string()),
-                ..mark.clone()
-            };
-            match self.write_if_unchanged(&req.key, &seen, &with_sig).await? {
-                None => return Ok(()),
-                Some(current) => seen = current,
-            }
-        }
-        Ok(())
+        let mark = Mark {
+            signature: Some(signature.to_string()),
+            ..mark
+        };
+        lock(&self.pending).insert(req.key, (view.revision, mark));
+        self.wake.notify_one();
     }
 
     async fn set(&self, key: MarkKey, level: i32, round: i32) -> EtcdResult<Option<Mark>> {
@@ -571,14 +625,25 @@ impl Inner {
         Ok(old)
     }
 
-    async fn raise(&self, key: MarkKey, mark: Mark) -> EtcdResult<bool> {
+    async fn raise(&self, key: MarkKey, mut mark: Mark) -> EtcdResult<bool> {
+        let signature = mark.signature.take();
         let mut seen = self.read(&key).await?;
         for _ in 0..MAX_ROUNDS {
             if !raises(seen.mark.as_ref(), &mark) {
                 return Ok(false);
             }
             match self.write_if_unchanged(&key, &seen, &mark).await? {
-                None => return Ok(true),
+                None => {
+                    // An imported signature is kept at once: the importing command exits soon.
+                    if let (Some(signature), Some(view)) = (signature, self.view(&key)) {
+                        let signed = Mark {
+                            signature: Some(signature),
+                            ..mark
+                        };
+                        self.write_signatures(&[(key, (view.revision, signed))]).await?;
+                    }
+                    return Ok(true);
+                }
                 Some(current) => seen = current,
             }
         }
@@ -590,27 +655,67 @@ impl Inner {
 
     async fn list(&self) -> EtcdResult<Vec<(MarkKey, Mark)>> {
         let mut kv = self.kv()?;
-        let prefix = format!("{}marks/", self.settings.prefix);
+        let (marks_prefix, sigs_prefix) = (
+            format!("{}marks/", self.settings.prefix),
+            format!("{}sigs/", self.settings.prefix),
+        );
+        let txn = Txn::new().and_then([
+            TxnOp::get(marks_prefix.clone(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(sigs_prefix.clone(), Some(GetOptions::new().with_prefix())),
+        ]);
         let started = Instant::now();
-        let resp = kv
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(failure)?;
+        let resp = kv.txn(txn).await.map_err(failure)?;
         self.metrics.observe(BACKEND, "etcd_range", started);
-        let mut marks = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            let name = String::from_utf8_lossy(kv.key());
-            let key = parse_key(name.strip_prefix(&prefix).unwrap_or(&name)).ok_or_else(|| {
+        let [marks_read, sigs_read] = reads::<2>(&resp)?;
+        let keyed = |kv: &etcd_client::KeyValue, prefix: &str| {
+            let name = String::from_utf8_lossy(kv.key()).into_owned();
+            parse_key(name.strip_prefix(prefix).unwrap_or(&name)).ok_or_else(|| {
                 WatermarkError::store(
                     StoreCause::Corrupt,
                     format!("etcd: key {name:?} is not <chain>/<pkh>/<kind>"),
                 )
-            })?;
-            marks.push((key, decode(&key, kv.value())?));
+            })
+        };
+        let mut sigs = HashMap::new();
+        for kv in sigs_read.kvs() {
+            sigs.insert(keyed(kv, &sigs_prefix)?, kv.value());
+        }
+        let mut marks = Vec::with_capacity(marks_read.kvs().len());
+        for kv in marks_read.kvs() {
+            let key = keyed(kv, &marks_prefix)?;
+            let mark = decode(&key, kv.value())?;
+            marks.push((key, with_signature(&key, mark, sigs.get(&key).copied())));
         }
         marks.sort_by_key(|(k, _)| *k);
         Ok(marks)
     }
+}
+
+/// The `N` reads of a transaction's executed branch, in order.
+fn reads<const N: usize>(resp: &etcd_client::TxnResponse) -> EtcdResult<[etcd_client::GetResponse; N]> {
+    resp.op_responses()
+        .into_iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .try_into()
+        .map_err(|_| no_reads())
+}
+
+fn no_reads() -> WatermarkError {
+    WatermarkError::store(StoreCause::Unavailable, "etcd: transaction answer without its reads")
+}
+
+/// `mark` with the kept signature `sig`, when that signature belongs to the mark's very bytes
+/// (same level, round and digest); an unreadable or older one is ignored.
+fn with_signature(key: &MarkKey, mark: Mark, sig: Option<&[u8]>) -> Mark {
+    let signature = sig
+        .and_then(|bytes| decode(key, bytes).ok())
+        .filter(|s| s.digest.is_some() && (s.level, s.round, s.digest) == (mark.level, mark.round, mark.digest))
+        .and_then(|s| s.signature);
+    Mark { signature, ..mark }
 }
 
 fn parse_key(rest: &str) -> Option<MarkKey> {
@@ -667,20 +772,15 @@ impl WatermarkStore for EtcdStore {
         Box::pin(self.inner.bounded(|| self.inner.check_and_record(req)))
     }
 
-    /// Kept in the background: the answer to the baker never waits for this second write (a
-    /// frozen link would hold it up to the bound). A repeat that arrives first finds no
-    /// signature and asks the signer for the same bytes again, which is safe.
+    /// Queued and kept in the background: the answer to the baker never waits for this second
+    /// write (a frozen link would hold it up to the bound). A repeat that arrives first finds
+    /// no signature and asks the signer for the same bytes again, which is safe.
     fn record_signature<'a>(
         &'a self,
         req: &'a MarkRequest,
         signature: &'a str,
     ) -> BoxFuture<'a, Result<(), WatermarkError>> {
-        let (inner, req, signature) = (Arc::clone(&self.inner), *req, signature.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = inner.bounded(|| inner.record_signature(&req, &signature)).await {
-                warn!(key = %req.key, error = %e, "could not keep the signature for identical repeats");
-            }
-        });
+        self.inner.queue_signature(req, signature);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -732,6 +832,41 @@ mod tests {
         }
         assert_eq!(parse_key("NetXdQprcVkpaWU/tz1x/block/extra"), None);
         assert_eq!(parse_key("garbage"), None);
+    }
+
+    #[test]
+    fn a_kept_signature_answers_only_its_own_bytes() {
+        let k = key(Kind::Block);
+        let mark = Mark {
+            level: 7,
+            round: 1,
+            digest: Some([3; 32]),
+            signature: None,
+        };
+        let kept = |level, digest| {
+            encode(&Mark {
+                level,
+                round: 1,
+                digest,
+                signature: Some("edsigX".into()),
+            })
+            .expect("encode")
+        };
+        let sig = |m: &Mark, bytes: Option<&[u8]>| with_signature(&k, m.clone(), bytes).signature;
+        assert_eq!(sig(&mark, Some(&kept(7, Some([3; 32])))).as_deref(), Some("edsigX"));
+        assert_eq!(sig(&mark, Some(&kept(6, Some([3; 32])))), None, "an older mark's");
+        assert_eq!(sig(&mark, Some(&kept(7, Some([4; 32])))), None, "other bytes'");
+        let set_by_operator = Mark {
+            digest: None,
+            ..mark.clone()
+        };
+        assert_eq!(
+            sig(&set_by_operator, Some(&kept(7, None))),
+            None,
+            "no digest, no repeat"
+        );
+        assert_eq!(sig(&mark, Some(b"garbage")), None);
+        assert_eq!(sig(&mark, None), None);
     }
 
     #[test]
