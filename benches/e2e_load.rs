@@ -2,8 +2,8 @@
 //! process, over loopback. See `BENCHMARKS.md` ("End-to-end sign latency and throughput") for
 //! how to read the output.
 //!
-//! Scenarios: {direct to the test signer, gateway + memory store, gateway + file store} ×
-//! {1 client, 16 clients over 16 distinct keys}. Each client task owns one keep-alive
+//! Scenarios: {direct to the test signer, gateway + memory store, gateway + file store, gateway +
+//! etcd store on one member, on three members} × {1 client, 16 clients over 16 distinct keys}. Each client task owns one keep-alive
 //! connection and one key, and sends attestations at strictly increasing levels, one request
 //! at a time. Per scenario: requests/s, p50, p99, errors (any error fails the run), and the
 //! CPU time each group of threads used. The raw durable write (temp file, fsync, rename,
@@ -13,6 +13,16 @@
 //! ≥ 5,000 signs/s with the file store and 16 clients. For the gateway it also reports the mean
 //! watermark wait and in-gateway time (from its own metrics) and the number of durable writes
 //! the file store made (renames onto its state file, counted with inotify).
+//!
+//! The etcd store (issue 9): real etcd (Debian `etcd-server`, `testkit::etcd`) started by the
+//! run, one cluster of one member and one of three (their peer traffic through in-process
+//! relays, as in the tests). The raw compare-and-swap transaction (one key, `if mod_revision ==
+//! last then put`, etcd-client) is timed on each cluster before its scenarios; targets: added
+//! p50 over the memory store ≤ raw CAS p50 + 0.3 ms, and ≥ 5,000 signs/s with 16 clients on
+//! three members. Then the partition figures on the three-member cluster: a gateway whose links
+//! to every member freeze (`--partition-runs` times, 4 s each, one request every 100 ms): time from
+//! the cut to the first refusal, and from the heal to the first signature; any signature while
+//! cut fails the run. Without `etcd` on PATH the etcd targets are skipped, saying so.
 //!
 //! Layout: three multi-thread runtimes in one process, the gateway's (`gw-rt`, 2 workers, as
 //! `#[tokio::main]` would give it on 2 cores), the test signer's (`signer-rt`, 1 worker) and the
@@ -27,7 +37,9 @@
 //! - `--warmup <n>` / `E2E_LOAD_WARMUP`: requests discarded per scenario before measuring,
 //!   spread over its clients, at least 20 per client (default 100)
 //! - `--clients <list>` / `E2E_LOAD_CLIENTS`: client counts, comma separated (default `1,16`)
-//! - `--targets <list>` / `E2E_LOAD_TARGETS`: any of `direct,memory,file` (default all three)
+//! - `--targets <list>` / `E2E_LOAD_TARGETS`: any of `direct,memory,file,etcd1,etcd3` (default
+//!   all five)
+//! - `--partition-runs <n>` / `E2E_LOAD_PARTITION_RUNS`: partition runs on etcd3 (default 3)
 //! - `--writes <n>` / `E2E_LOAD_WRITES`: raw durable writes timed, before and again after the
 //!   file-store scenarios (default 200 each)
 //! - `--dir <path>` / `E2E_LOAD_DIR`: where the temporary stores go; must be on the disk the
@@ -44,16 +56,19 @@ use std::time::{Duration, Instant};
 
 use signer_gateway::config::Config;
 use signer_gateway::Gateway;
+use testkit::etcd::EtcdCluster;
+use testkit::fault_proxy::FaultProxy;
 use testkit::test_signer::{seed, Mode, TestSigner, TestSignerOptions};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 mod common;
+use common::etcd;
 use common::load::{self, GatewayHistograms, Pace, Window};
 use common::procfs::{busy_before_start, cores, schedstat_ns, MachineCpu};
-use common::report::{diff_ns, ms, signed_ms, verdict};
+use common::report::{diff_ns, ms, secs, signed_ms, verdict};
 use common::stats::Latencies;
-use common::store::{filesystem_of, floor_cells, raw_writes, RenameCounter, STATE_FILE};
+use common::store::{filesystem_of, floor_cells, raw_cells, raw_writes, RenameCounter, STATE_FILE};
 
 /// Latency target: added p50 ≤ raw durable write p50 + this.
 const ADDED_P50_SLACK: Duration = Duration::from_micros(300);
@@ -76,12 +91,14 @@ struct Opts {
     gateway_threads: usize,
     signer_threads: usize,
     load_threads: usize,
+    partition_runs: usize,
 }
 
 impl Opts {
     fn parse() -> Result<Opts, String> {
         let mut vals: HashMap<&'static str, String> = HashMap::new();
-        const KEYS: [(&str, &str); 9] = [
+        const KEYS: [(&str, &str); 10] = [
+            ("partition-runs", "E2E_LOAD_PARTITION_RUNS"),
             ("secs", "E2E_LOAD_SECS"),
             ("warmup", "E2E_LOAD_WARMUP"),
             ("clients", "E2E_LOAD_CLIENTS"),
@@ -110,7 +127,7 @@ impl Opts {
             let Some((key, _)) = KEYS.iter().find(|(k, _)| name.strip_prefix("--") == Some(*k)) else {
                 return Err(format!(
                     "unknown argument {arg:?}; expected --secs, --warmup, --clients, --targets, --writes, --dir, \
-                     --gateway-threads, --signer-threads or --load-threads"
+                     --gateway-threads, --signer-threads, --load-threads or --partition-runs"
                 ));
             };
             let value = match inline {
@@ -137,14 +154,24 @@ impl Opts {
                 .collect::<Result<Vec<_>, _>>()?,
         };
         let targets = match vals.get("targets") {
-            None => vec![Target::Direct, Target::Memory, Target::File],
+            None => vec![
+                Target::Direct,
+                Target::Memory,
+                Target::File,
+                Target::Etcd1,
+                Target::Etcd3,
+            ],
             Some(v) => v
                 .split(',')
                 .map(|t| match t.trim() {
                     "direct" => Ok(Target::Direct),
                     "memory" => Ok(Target::Memory),
                     "file" => Ok(Target::File),
-                    other => Err(format!("targets: {other:?} is not direct, memory or file")),
+                    "etcd1" => Ok(Target::Etcd1),
+                    "etcd3" => Ok(Target::Etcd3),
+                    other => Err(format!(
+                        "targets: {other:?} is not direct, memory, file, etcd1 or etcd3"
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
@@ -158,6 +185,7 @@ impl Opts {
             gateway_threads: num(&vals, "gateway-threads", 2)?,
             signer_threads: num(&vals, "signer-threads", 1)?,
             load_threads: num(&vals, "load-threads", 1)?,
+            partition_runs: num(&vals, "partition-runs", 3)?,
         };
         if !(opts.secs > 0.0 && opts.secs.is_finite()) {
             return Err(format!("secs must be positive, got {}", opts.secs));
@@ -178,6 +206,8 @@ enum Target {
     Direct,
     Memory,
     File,
+    Etcd1,
+    Etcd3,
 }
 
 impl Target {
@@ -186,6 +216,17 @@ impl Target {
             Target::Direct => "direct to test signer",
             Target::Memory => "gateway + memory store",
             Target::File => "gateway + file store",
+            Target::Etcd1 => "gateway + etcd, 1 member",
+            Target::Etcd3 => "gateway + etcd, 3 members",
+        }
+    }
+
+    /// Members of its etcd cluster (0: not on etcd).
+    fn etcd_members(self) -> usize {
+        match self {
+            Target::Etcd1 => 1,
+            Target::Etcd3 => 3,
+            _ => 0,
         }
     }
 }
@@ -341,12 +382,14 @@ fn runtime(name: &'static str, threads: usize) -> Runtime {
         .expect("building a tokio runtime")
 }
 
-fn gateway_yaml(signer: SocketAddr, target: Target, store_dir: &Path) -> String {
+fn gateway_yaml(signer: SocketAddr, target: Target, store_dir: &Path, etcd: &[String]) -> String {
     let watermark = match target {
         Target::File => format!(
             "{{backend: file, dir: {}, create_if_missing: true}}",
             serde_json::to_string(&store_dir.to_string_lossy()).expect("a path as a JSON string")
         ),
+        // Each scenario its own prefix: its keys start with no marks, as with the other stores.
+        Target::Etcd1 | Target::Etcd3 => etcd::watermark_yaml(etcd, &format!("/{}/", store_dir.display())),
         _ => "{backend: memory}".to_owned(),
     };
     format!(
@@ -367,6 +410,8 @@ struct Env<'a> {
     signer_addr: SocketAddr,
     pkhs: &'a [String],
     work: &'a Path,
+    /// Client URLs of the etcd cluster, for the etcd targets.
+    etcd: &'a [String],
 }
 
 fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> anyhow::Result<Outcome> {
@@ -392,7 +437,7 @@ fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> anyhow::Result
         } else {
             None
         };
-        let settings = Config::parse(&gateway_yaml(env.signer_addr, target, &store_dir))?;
+        let settings = Config::parse(&gateway_yaml(env.signer_addr, target, &store_dir, env.etcd))?;
         let gateway = env.gateway_rt.block_on(Gateway::start(settings))?;
         let (api, admin) = (gateway.api_addr()?, gateway.admin_addr()?);
         let shutdown = CancellationToken::new();
@@ -416,6 +461,48 @@ fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> anyhow::Result
         means: measured.means,
         state_bytes,
     })
+}
+
+/// One partition run: a gateway on the three-member cluster through links of its own, frozen
+/// and restored.
+fn partition(
+    etcd_rt: &Runtime,
+    gateway_rt: &Runtime,
+    load_rt: &Runtime,
+    cluster: &EtcdCluster,
+    signer: SocketAddr,
+    pkh: &str,
+    run: usize,
+) -> anyhow::Result<etcd::Partition> {
+    let links = etcd_rt.block_on(async {
+        let mut links = Vec::new();
+        for m in &cluster.members {
+            links.push(FaultProxy::start(m.client_proxy.addr()).await?);
+        }
+        anyhow::Ok(links)
+    })?;
+    let endpoints: Vec<String> = links.iter().map(|l| format!("http://{}", l.addr())).collect();
+    let dir = PathBuf::from(format!("partition-{run}"));
+    let settings = Config::parse(&gateway_yaml(signer, Target::Etcd3, &dir, &endpoints))?;
+    let gateway = gateway_rt.block_on(Gateway::start(settings))?;
+    let api = gateway.api_addr()?;
+    let shutdown = CancellationToken::new();
+    let running = gateway_rt.spawn(gateway.run(shutdown.clone()));
+    let mut level = 0;
+    let result = load_rt.block_on(etcd::partition_run(
+        api,
+        pkh,
+        &links,
+        Duration::from_secs(4),
+        // At most ~20 requests in flight while each waits out the bound: under the gateway's
+        // per-source connection cap, as a baker's few requests are.
+        Duration::from_millis(100),
+        &mut level,
+    ));
+    shutdown.cancel();
+    gateway_rt.block_on(running)?;
+    drop(links);
+    result
 }
 
 fn main() -> ExitCode {
@@ -476,11 +563,43 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
     let floor_dir = work.path().join("floor");
     let mut floors: Vec<(&str, Latencies)> = Vec::new();
     let mut outcomes = Vec::new();
+    // The etcd clusters' peer relays (and the partition's links) run here, off the others.
+    let etcd_rt = runtime("etcd-relay-rt", 1);
+    let mut cas: Vec<(usize, Latencies)> = Vec::new();
+    let mut cas_concurrent: Vec<(usize, usize, f64, Latencies)> = Vec::new();
+    let mut partitions: Vec<etcd::Partition> = Vec::new();
     for &target in &opts.targets {
         if target == Target::File {
             let floor = raw_writes(&floor_dir, opts.writes, floor_bytes, None)?;
             floors.push(("before file-store runs", floor.latencies));
         }
+        let members = target.etcd_members();
+        let cluster = match (members, testkit::etcd::etcd_bin()) {
+            (0, _) => None,
+            (_, Err(e)) => {
+                println!("  SKIPPED {}: {e}", target.label());
+                continue;
+            }
+            (_, Ok(_)) => {
+                let c = etcd_rt.block_on(etcd::cluster(&work.path().join(format!("etcd{members}")), members))?;
+                let raw = load_rt.block_on(etcd::raw_cas(&c.endpoints(), opts.writes))?;
+                println!(
+                    "  raw etcd CAS txn, {members} member(s): p50 {} ms, p99 {} ms",
+                    ms(raw.p50()),
+                    ms(raw.p99())
+                );
+                cas.push((members, raw));
+                let max = opts.clients.iter().copied().max().unwrap_or(1);
+                let (rate, l) = load_rt.block_on(etcd::raw_cas_concurrent(&c.endpoints(), max, opts.secs))?;
+                println!(
+                    "  raw etcd CAS txns, {members} member(s), {max} clients: {rate:.0}/s, p50 {} ms",
+                    ms(l.p50())
+                );
+                cas_concurrent.push((members, max, rate, l));
+                Some(c)
+            }
+        };
+        let endpoints = cluster.as_ref().map(EtcdCluster::endpoints).unwrap_or_default();
         for &clients in &opts.clients {
             let env = Env {
                 opts,
@@ -489,6 +608,7 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
                 signer_addr: signer.addr(),
                 pkhs: &pkhs,
                 work: &work.path().join(format!("{target:?}").to_lowercase()),
+                etcd: &endpoints,
             };
             let o = run_scenario(&env, target, clients)?;
             println!(
@@ -502,7 +622,22 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
             );
             outcomes.push(o);
         }
+        if let (Some(c), 3) = (&cluster, members) {
+            for run in 0..opts.partition_runs {
+                let p = partition(&etcd_rt, &gateway_rt, &load_rt, c, signer.addr(), &pkhs[0], run)?;
+                println!(
+                    "  partition run {}: cut -> first refusal {}, heal -> first signature {}, {} signed while cut",
+                    run + 1,
+                    secs(p.to_refusal),
+                    secs(p.to_signature),
+                    p.signed_while_cut
+                );
+                partitions.push(p);
+            }
+        }
+        drop(cluster);
     }
+    drop(etcd_rt);
     signer_rt.block_on(signer.shutdown());
     drop(gateway_rt);
     drop(load_rt);
@@ -532,6 +667,20 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
     }
     for (when, l) in &floors {
         table.row(floor_cells(when, l));
+    }
+    for (members, l) in &cas {
+        table.row(raw_cells(format!("raw etcd CAS txn, {members} member(s)"), l));
+    }
+    for (members, clients, rate, l) in &cas_concurrent {
+        table.row([
+            format!("raw etcd CAS txns, {members} member(s)"),
+            clients.to_string(),
+            l.count().to_string(),
+            format!("{rate:.0}"),
+            ms(l.p50()),
+            ms(l.p99()),
+            "0".into(),
+        ]);
     }
     table.print();
     let state_bytes = outcomes.iter().filter_map(|o| o.state_bytes).max();
@@ -575,6 +724,55 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
             }
             println!();
         }
+    }
+    for &clients in &opts.clients {
+        let Some(memory) = find(Target::Memory, clients) else {
+            continue;
+        };
+        for (target, members) in [(Target::Etcd1, 1), (Target::Etcd3, 3)] {
+            let (Some(gw), Some((_, raw))) = (find(target, clients), cas.iter().find(|(m, _)| *m == members)) else {
+                continue;
+            };
+            let added = diff_ns(memory.window.latencies.p50(), gw.window.latencies.p50());
+            let limit = raw.p50() + ADDED_P50_SLACK;
+            println!(
+                "  {clients:>2} client(s), {:<22}: added p50 over the memory store {} ms vs raw CAS txn p50 + 0.3 = {} ms: {}; throughput {:.2}x memory",
+                target.label(),
+                signed_ms(added),
+                ms(limit),
+                verdict(added <= limit.as_nanos() as i128),
+                gw.window.rps() / memory.window.rps().max(1e-12)
+            );
+        }
+    }
+    if let Some(etcd16) = find(Target::Etcd3, TARGET_CLIENTS) {
+        println!(
+            "  etcd, 3 members, {TARGET_CLIENTS} clients over distinct keys: {:.0} signs/s vs target {TARGET_RPS:.0}/s: {}",
+            etcd16.window.rps(),
+            verdict(etcd16.window.rps() >= TARGET_RPS)
+        );
+    }
+    for (members, clients, rate, _) in &cas_concurrent {
+        let target = if *members == 1 { Target::Etcd1 } else { Target::Etcd3 };
+        if let Some(gw) = find(target, *clients) {
+            println!(
+                "  etcd, {members} member(s), {clients} clients: the gateway signs {:.0}/s, {:.2}x the raw CAS transactions etcd itself commits here ({rate:.0}/s)",
+                gw.window.rps(),
+                gw.window.rps() / rate.max(1e-12)
+            );
+        }
+    }
+    if !partitions.is_empty() {
+        let worst = |f: fn(&etcd::Partition) -> Duration| partitions.iter().map(f).max().unwrap_or_default();
+        let while_cut: usize = partitions.iter().map(|p| p.signed_while_cut).sum();
+        println!(
+            "  partition (etcd, 3 members, {} runs, bound {}): cut -> first refusal worst {}, heal -> first signature worst {}; signed while cut: {while_cut} ({})",
+            partitions.len(),
+            secs(etcd::REQUEST_TIMEOUT),
+            secs(worst(|p| p.to_refusal)),
+            secs(worst(|p| p.to_signature)),
+            verdict(while_cut == 0)
+        );
     }
     if let Some(file16) = find(Target::File, TARGET_CLIENTS) {
         println!(
@@ -625,7 +823,8 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
     }
     println!("  (Little's law: with one request in flight per client, signs/s <= clients / mean latency.)");
 
-    let errors: usize = outcomes.iter().map(|o| o.window.errors).sum();
+    let errors: usize = outcomes.iter().map(|o| o.window.errors).sum::<usize>()
+        + partitions.iter().map(|p| p.signed_while_cut).sum::<usize>();
     if errors > 0 {
         eprintln!();
         eprintln!("e2e_load: FAILED: {errors} request(s) failed; every sign must succeed:");

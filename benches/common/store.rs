@@ -30,9 +30,22 @@ pub struct Floor {
 /// The cells of raw durable writes in the windows' table ([`super::load::Window::table`]),
 /// their rate being one write after another at the median.
 pub fn floor_cells(when: &str, l: &Latencies) -> Vec<String> {
+    raw_cells(format!("raw durable write, {when}"), l)
+}
+
+/// A row of back-to-back raw operations (`what`) in the scenario table: one at a time, so the
+/// rate is 1 / p50.
+pub fn raw_cells(what: String, l: &Latencies) -> Vec<String> {
     let rate = format!("{:.0}", 1.0 / l.p50().as_secs_f64().max(1e-9));
-    let (what, count) = (format!("raw durable write, {when}"), l.count().to_string());
-    vec![what, "-".into(), count, rate, ms(l.p50()), ms(l.p99()), "0".into()]
+    vec![
+        what,
+        "-".into(),
+        l.count().to_string(),
+        rate,
+        ms(l.p50()),
+        ms(l.p99()),
+        "0".into(),
+    ]
 }
 
 /// Time `n` raw durable writes of `bytes` bytes in `dir` with the gateway's own routine (the

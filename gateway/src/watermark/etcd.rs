@@ -74,6 +74,9 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 const FORMAT: u32 = 1;
 /// Local views kept; past this the map is cleared (views only save round trips).
 const MAX_VIEWS: usize = 65_536;
+/// How long the signature writer gathers after being woken: more signatures per transaction,
+/// and none for a mark this gateway has already moved past (it could answer no repeat).
+const SIGNATURE_GATHER: Duration = Duration::from_millis(2);
 /// Signatures written per background transaction (etcd's default `--max-txn-ops` is 128).
 const SIGNATURES_PER_TXN: usize = 64;
 /// Backend name in metrics, logs and `/status`.
@@ -242,9 +245,10 @@ async fn probe_loop(inner: Weak<Inner>) {
     }
 }
 
-/// Write the queued signatures until the store is dropped: each time it is woken, everything
-/// pending then in one transaction of conditional writes (one per mark: only if the mark's
-/// revision is still the one signed for). A failure drops them: a repeat then asks a signer
+/// Write the queued signatures until the store is dropped: each time it is woken, after
+/// [`SIGNATURE_GATHER`], everything pending then in one transaction of conditional writes (one
+/// per mark: only if the mark's revision is still the one signed for), leaving out the marks
+/// this gateway has recorded past since. A failure drops them: a repeat then asks a signer
 /// for the same bytes again, which is safe.
 ///
 /// Holds the store's state while it runs; [`EtcdStore`]'s drop aborts it.
@@ -252,7 +256,15 @@ async fn signature_writer(inner: Weak<Inner>) {
     let Some(inner) = inner.upgrade() else { return };
     loop {
         inner.wake.notified().await;
-        let batch: Vec<(MarkKey, (i64, Mark))> = lock(&inner.pending).drain().collect();
+        tokio::time::sleep(SIGNATURE_GATHER).await;
+        let batch: Vec<(MarkKey, (i64, Mark))> = {
+            let pending: Vec<_> = lock(&inner.pending).drain().collect();
+            let views = lock(&inner.views);
+            pending
+                .into_iter()
+                .filter(|(key, (revision, _))| views.get(key).is_some_and(|v| v.revision == *revision))
+                .collect()
+        };
         for chunk in batch.chunks(SIGNATURES_PER_TXN) {
             if let Err(e) = inner.bounded(|| inner.write_signatures(chunk)).await {
                 warn!(error = %e, signatures = chunk.len(), "could not keep signatures for identical repeats");
