@@ -37,6 +37,8 @@ needs=(
   "cmd  protoc                 protobuf-compiler  builds etcd-client (the gateway's etcd feature)"
   "file /usr/include/google/protobuf/descriptor.proto  libprotobuf-dev  protoc's well-known types, for the same"
   "cmd  etcd                   etcd-server     the etcd watermark store's tests (tests/etcd.rs)"
+  "cmd  etcdctl                etcd-client     the same tests: leader, status, auth set-up"
+  "cmd  openssl                openssl         TLS certificates for the etcd store's TLS test"
 )
 if [ "$cross" = 1 ]; then
   needs+=(

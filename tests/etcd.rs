@@ -43,7 +43,7 @@ mod with_etcd {
         EtcdStore, MarkKey, Outcome, RefusalReason, StoreCause, WatermarkError, WatermarkStore,
     };
     use tempfile::TempDir;
-    use testkit::etcd::{etcd_bin, etcdctl_bin, EtcdCluster};
+    use testkit::etcd::{etcd_bin, etcdctl_bin, make_tls, EtcdCluster};
     use testkit::fault_proxy::{FaultProxy, ProxyMode};
     use testkit::harness::{
         assert_error_trace, attestation, eventually, preattestation, skip_unless_ci, Client, Gateway, GatewayConfig,
@@ -335,6 +335,105 @@ mod with_etcd {
         .await
         .expect("connects");
         assert_eq!(late.check_and_record(&req(k, 1, 0, 1)).await, Ok(Outcome::Recorded));
+    }
+
+    /// TLS to a member that requires client certificates: a store with the CA and a client
+    /// certificate records marks; without the certificate, or trusting another CA, it stays
+    /// unhealthy and refuses, saying why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_with_a_client_certificate() {
+        if !have_etcd("tls_with_a_client_certificate") {
+            return;
+        }
+        let dir = tempfile::Builder::new().prefix("etcd-tls-").tempdir().expect("tempdir");
+        let tls = match make_tls(&dir.path().join("pki")) {
+            Ok(t) => t,
+            Err(e) => return skip_unless_ci("tls_with_a_client_certificate", &e.to_string()),
+        };
+        let cluster = EtcdCluster::start_with(dir.path(), 1, Some(tls.clone()))
+            .await
+            .expect("etcd on TLS");
+        let with = |tls: Option<signer_gateway::config::EtcdTls>| EtcdSettings {
+            tls,
+            ..settings(cluster.endpoints(), &unique_prefix("tls"))
+        };
+        let good = signer_gateway::config::EtcdTls {
+            ca: tls.ca.clone(),
+            identity: Some(tls.client.clone()),
+        };
+        let s = EtcdStore::connect(with(Some(good.clone())), StoreMetrics::new().expect("metrics"))
+            .await
+            .expect("connect");
+        assert!(s.health().healthy, "{:?}", s.health());
+        let k = key(Kind::Block);
+        assert_eq!(s.check_and_record(&req(k, 1, 0, 1)).await, Ok(Outcome::Recorded));
+
+        let no_cert = signer_gateway::config::EtcdTls {
+            identity: None,
+            ..good.clone()
+        };
+        let other_ca = make_tls(&dir.path().join("other")).expect("another CA");
+        let wrong_ca = signer_gateway::config::EtcdTls {
+            ca: other_ca.ca,
+            ..good
+        };
+        for (what, t) in [("no client certificate", no_cert), ("another CA", wrong_ca)] {
+            let s = EtcdStore::connect(with(Some(t)), StoreMetrics::new().expect("metrics"))
+                .await
+                .expect("connect");
+            assert!(!s.health().healthy, "{what}: {:?}", s.health());
+            let e = s.check_and_record(&req(k, 1, 0, 1)).await.expect_err(what);
+            assert!(cause(&e).is_some(), "{what}: {e}");
+        }
+    }
+
+    /// etcd's user/password auth: the configured user records marks; a wrong password is an
+    /// unhealthy store that refuses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn user_and_password() {
+        if !have_etcd("user_and_password") {
+            return;
+        }
+        let (dir, cluster) = cluster(1).await;
+        let m = &cluster.members[0];
+        m.etcdctl(&["user", "add", "root:root-pw"]).await.expect("root user");
+        m.etcdctl(&["user", "add", "gateway:gw-pw"])
+            .await
+            .expect("gateway user");
+        m.etcdctl(&["role", "add", "marks"]).await.expect("role");
+        m.etcdctl(&[
+            "role",
+            "grant-permission",
+            "marks",
+            "--prefix=true",
+            "readwrite",
+            "/auth/",
+        ])
+        .await
+        .expect("grant");
+        m.etcdctl(&["user", "grant-role", "gateway", "marks"])
+            .await
+            .expect("grant role");
+        m.etcdctl(&["auth", "enable"]).await.expect("auth enable");
+        let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+        std::fs::write(&good, "gw-pw\n").expect("password file");
+        std::fs::write(&bad, "nope\n").expect("password file");
+        let with = |file: &std::path::Path| EtcdSettings {
+            auth: Some(("gateway".into(), file.to_path_buf())),
+            ..settings(cluster.endpoints(), "/auth/")
+        };
+        let s = EtcdStore::connect(with(&good), StoreMetrics::new().expect("metrics"))
+            .await
+            .expect("connect");
+        assert!(s.health().healthy, "{:?}", s.health());
+        let k = key(Kind::Attestation);
+        assert_eq!(s.check_and_record(&req(k, 5, 0, 1)).await, Ok(Outcome::Recorded));
+        let s = EtcdStore::connect(with(&bad), StoreMetrics::new().expect("metrics"))
+            .await
+            .expect("connect");
+        assert!(!s.health().healthy, "{:?}", s.health());
+        let e = s.check_and_record(&req(k, 6, 0, 1)).await.expect_err("wrong password");
+        assert!(cause(&e).is_some(), "{e}");
     }
 
     // ---- gateways on etcd -----------------------------------------------------------------

@@ -49,6 +49,99 @@ fn tool(var: &str, name: &str, package: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// TLS files for a member's client port ([`make_tls`]): a CA, the server's certificate for
+/// 127.0.0.1 and a client certificate, PEM.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA both certificates chain to.
+    pub ca: PathBuf,
+    /// The member's certificate (IP SAN 127.0.0.1) and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client certificate (CN `signer-gateway`) and key.
+    pub client: (PathBuf, PathBuf),
+}
+
+/// Make a CA, a server certificate for 127.0.0.1 and a client certificate in `dir` with the
+/// `openssl` command (Debian `openssl`).
+pub fn make_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
+    let openssl = tool("OPENSSL_BIN", "openssl", "openssl")?;
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new(&openssl).current_dir(dir).args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    std::fs::create_dir_all(dir)?;
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )?;
+    let client_ext = dir.join("client.ext");
+    std::fs::write(&client_ext, "extendedKeyUsage=clientAuth\n")?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test etcd CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ])?;
+    for (name, cn, ext) in [
+        ("server", "127.0.0.1", "server.ext"),
+        ("client", "signer-gateway", "client.ext"),
+    ] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ])?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+            "-out",
+            &format!("{name}.crt"),
+        ])?;
+    }
+    Ok(TlsFiles {
+        ca: dir.join("ca.crt"),
+        server: (dir.join("server.crt"), dir.join("server.key")),
+        client: (dir.join("client.crt"), dir.join("client.key")),
+    })
+}
+
 /// One etcd process and the proxies in front of it.
 pub struct EtcdMember {
     /// `m0`, `m1`…
@@ -60,6 +153,8 @@ pub struct EtcdMember {
     data_dir: PathBuf,
     log: PathBuf,
     initial_cluster: String,
+    /// Client port on TLS with client certificates required, when set.
+    tls: Option<TlsFiles>,
     proc: Option<Proc>,
 }
 
@@ -72,6 +167,11 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Start `n` members with their data under `dir` and wait until every one serves.
     pub async fn start(dir: &Path, n: usize) -> anyhow::Result<EtcdCluster> {
+        EtcdCluster::start_with(dir, n, None).await
+    }
+
+    /// The same, every member's client port on TLS (`https://`, client certificates required).
+    pub async fn start_with(dir: &Path, n: usize, tls: Option<TlsFiles>) -> anyhow::Result<EtcdCluster> {
         etcd_bin()?;
         let mut members = Vec::with_capacity(n);
         // Placeholder targets: nothing listens there yet; connections are refused until
@@ -86,6 +186,7 @@ impl EtcdCluster {
                 client_proxy: FaultProxy::start(nowhere).await?,
                 peer_proxy: FaultProxy::start(nowhere).await?,
                 initial_cluster: String::new(),
+                tls: tls.clone(),
                 proc: None,
             });
         }
@@ -156,9 +257,10 @@ impl EtcdCluster {
 }
 
 impl EtcdMember {
-    /// `http://<client proxy>`.
+    /// `http://<client proxy>` (`https://` on TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_proxy.addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_proxy.addr())
     }
 
     /// Whether its process runs.
@@ -173,11 +275,21 @@ impl EtcdMember {
 
     fn spawn(&mut self, state: &str) -> anyhow::Result<()> {
         let mut cmd = Command::new(etcd_bin()?);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server.0)
+                .arg("--key-file")
+                .arg(&tls.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .args(["--listen-client-urls", &format!("{scheme}://127.0.0.1:0")])
             .args(["--advertise-client-urls", &self.endpoint()])
             .args(["--listen-peer-urls", "http://127.0.0.1:0"])
             .args([
@@ -202,12 +314,12 @@ impl EtcdMember {
         Ok(())
     }
 
-    /// Wait for a `<needle><addr>` line in its log; returns the address.
-    async fn wait_addr(&mut self, needle: &str) -> anyhow::Result<SocketAddr> {
+    /// Wait for a `… <needle><addr>` line in its log that also says `also`; returns the address.
+    async fn wait_addr(&mut self, needle: &str, also: &str) -> anyhow::Result<SocketAddr> {
         let proc = self.proc.as_mut().context("member not running")?;
         let found = proc
             .stderr
-            .wait(None, START_TIMEOUT, |l| l.contains(needle))
+            .wait(None, START_TIMEOUT, |l| l.contains(needle) && l.contains(also))
             .await
             .map(|(_, line)| line);
         let line = match found {
@@ -228,13 +340,15 @@ impl EtcdMember {
     }
 
     async fn wait_peer_port(&mut self) -> anyhow::Result<()> {
-        let addr = self.wait_addr("listening for peers on ").await?;
+        let addr = self.wait_addr("listening for peers on ", "").await?;
         self.peer_proxy.retarget(addr);
         Ok(())
     }
 
     async fn wait_client_port(&mut self) -> anyhow::Result<()> {
-        let addr = self.wait_addr("serving insecure client requests on ").await?;
+        // "serving insecure client requests on …", or "serving client requests on …" (TLS); not
+        // the earlier "listening for client requests on 127.0.0.1:0".
+        let addr = self.wait_addr("client requests on ", "serving").await?;
         self.client_proxy.retarget(addr);
         Ok(())
     }
@@ -269,6 +383,13 @@ impl EtcdMember {
             .arg("--endpoints")
             .arg(self.endpoint())
             .args(["--command-timeout", "2s", "--dial-timeout", "2s"])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    format!("--cacert={}", t.ca.display()),
+                    format!("--cert={}", t.client.0.display()),
+                    format!("--key={}", t.client.1.display()),
+                ]
+            }))
             .args(args)
             .kill_on_drop(true);
         let out = tokio::time::timeout(Duration::from_secs(5), cmd.output())
