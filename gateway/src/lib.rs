@@ -18,6 +18,8 @@
 //! - [`server`]: accept loops, connection limits (total, per source, first byte, headers),
 //!   graceful shutdown; [`http_errors`]: hyper's own answers as JSON error traces;
 //!   [`limits`]: per-source caps and rate-limited logs, shared with the SSH broker.
+//! - [`socket`]: octez's binary socket signer protocol (messages, encodings, framing); not
+//!   wired in yet.
 //! - [`tunnel`]: the embedded SSH server Pi signers open reverse tunnels to; routes by
 //!   identity, newest session wins.
 //!
@@ -36,6 +38,7 @@ pub mod payload;
 pub mod pool;
 pub mod server;
 pub mod signing;
+pub mod socket;
 #[cfg(test)]
 mod testing;
 pub mod tezos;
