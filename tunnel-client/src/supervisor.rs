@@ -334,7 +334,11 @@ impl<C: Connector> Supervisor<C> {
                 warn!(signer = %cfg.signer, "local signer not answering: connecting without the forward for now");
             }
             let order = uplink_order(self.settings.uplinks.len(), failed_uplink);
-            let connect = self.connect_overlapping(&order, signer_ok);
+            // No attempt asks for the forward: when several complete together (held by a link
+            // that just came back), one that lost the race but had asked would take the route
+            // at the gateway (the newest session wins) and the winner's session would be
+            // closed. The forward is asked on the adopted session, one round trip later.
+            let connect = self.connect_overlapping(&order, false);
             let Some(connected) = beating(connect, &mut heartbeat, &shutdown).await else {
                 return;
             };
