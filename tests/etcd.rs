@@ -729,6 +729,60 @@ mod with_etcd {
         assert_eq!(code, StatusCode::OK, "{body}");
     }
 
+    /// The etcd leader freezes (SIGSTOP: its connections stay open and silent, as when its
+    /// zone's link dies) during a stream: the others elect a leader and signing goes on; no
+    /// request waits past the bound, nothing released is signed again with other bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_leader_frozen_during_a_stream() {
+        if !have_etcd("etcd_leader_frozen_during_a_stream") {
+            return;
+        }
+        let (_dir, cluster) = cluster(3).await;
+        let prefix = unique_prefix("frozen-leader");
+        let r = Arc::new(Replica::start(cluster.endpoints(), &prefix, 33).await);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let bakes = baker(r.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = cluster.leader().await.expect("leader");
+        let frozen = Instant::now();
+        cluster.members[leader].freeze().expect("SIGSTOP");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        stop.cancel();
+        let seen = bakes.await.expect("baker");
+        cluster.members[leader].thaw().expect("SIGCONT");
+        let after: Vec<_> = seen.ok.iter().filter(|(t, _)| *t > frozen).collect();
+        let resumed = after.first().map(|(t, _)| *t - frozen).expect("signing resumed");
+        let late_refusals: Vec<_> = seen
+            .refused
+            .iter()
+            .filter(|(at, ..)| *at > frozen + Duration::from_secs(4))
+            .map(|(_, took, code, _)| (*took, *code))
+            .collect();
+        eprintln!(
+            "leader frozen: first signature {resumed:?} after; {} signed and {} refused over 8 s; refusals after 4 s: {late_refusals:?}",
+            after.len(),
+            seen.refused.len()
+        );
+        assert!(
+            resumed <= BOUND + SLACK + Duration::from_secs(2),
+            "resumed after {resumed:?}"
+        );
+        for (_, took, code, body) in &seen.refused {
+            assert!(*took <= BOUND + SLACK, "a request waited {took:?}: {code} {body}");
+        }
+        assert!(
+            late_refusals.is_empty(),
+            "still refusing 4 s after the freeze: {late_refusals:?}"
+        );
+        let top = seen.ok.iter().map(|(_, l)| *l).max().expect("released");
+        for (_, level) in seen.ok.iter().rev().take(5) {
+            let (code, body) = r.sign(&attestation(TEST_CHAIN, *level, 0, 9)).await;
+            assert_eq!(code, StatusCode::CONFLICT, "level {level}: {body}");
+        }
+        let mark = mark_in_etcd(cluster.endpoints(), &prefix, r.pkh).await;
+        assert!(mark.level >= top, "mark {} below released {top}", mark.level);
+    }
+
     /// etcd down entirely: every request refused within the bound, the gateway stays up
     /// (`/healthz` 200, `/readyz` 503) and serves again by itself when etcd returns.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

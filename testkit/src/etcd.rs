@@ -353,6 +353,17 @@ impl EtcdMember {
         Ok(())
     }
 
+    /// SIGSTOP: the member freezes with its connections open, as behind a dead link (nothing
+    /// answers, nothing is refused). [`EtcdMember::thaw`] resumes it.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.proc.as_ref().context("member not running")?.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`EtcdMember::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.proc.as_ref().context("member not running")?.signal(libc::SIGCONT)
+    }
+
     /// SIGKILL: a crash or a power cut.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {

@@ -209,8 +209,11 @@ fn connect_options(s: &EtcdSettings) -> Result<ConnectOptions, EtcdOpenError> {
     let mut o = ConnectOptions::new()
         .with_timeout(s.request_timeout)
         .with_connect_timeout(s.request_timeout)
-        // Frozen links are found by HTTP/2 pings even while idle.
-        .with_keep_alive(Duration::from_secs(1), s.request_timeout)
+        // Frozen links are found by HTTP/2 pings even while idle, and their member left out.
+        .with_keep_alive(
+            Duration::from_secs(1),
+            (s.request_timeout / 2).max(Duration::from_millis(500)),
+        )
         .with_keep_alive_while_idle(true)
         // A member cut from its leader refuses at once instead of waiting.
         .with_require_leader(true);
@@ -393,21 +396,31 @@ impl Inner {
     }
 
     /// Run `op` within the request timeout, again after a short pause each time it could not
-    /// reach etcd (a dead member behind a load balancer, a connection reset): the client then
-    /// picks another member. Retrying is safe: a write that did land makes the retry's compare
-    /// fail, and it judges its own mark (a repeat of the same bytes). A failure marks the store
-    /// unhealthy until the next success or probe.
+    /// reach etcd (a dead member behind a load balancer, a connection reset) or got no answer
+    /// within an eighth of the bound (a frozen member: its connection stays open and silent
+    /// until keepalives give up on it): the client then picks a member again. Retrying is safe:
+    /// a write that did land makes the retry's compare fail, and it judges its own mark (a
+    /// repeat of the same bytes). A failure marks the store unhealthy until the next success or
+    /// probe.
     async fn bounded<T, F, Fut>(&self, mut op: F) -> EtcdResult<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = EtcdResult<T>>,
     {
         let bound = self.settings.request_timeout;
+        let per_attempt = (bound / 8).max(Duration::from_millis(100));
         let attempts = async {
             let mut pause = Duration::from_millis(10);
             let mut last = None;
             loop {
-                match op().await {
+                let attempt = match tokio::time::timeout(per_attempt, op()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(WatermarkError::store(
+                        StoreCause::Unavailable,
+                        format!("etcd: a member did not answer within {per_attempt:?}"),
+                    )),
+                };
+                match attempt {
                     Err(WatermarkError::Store(f)) if f.cause == StoreCause::Unavailable => {
                         last = Some(f);
                         tokio::time::sleep(pause).await;
