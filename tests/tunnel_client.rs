@@ -671,10 +671,12 @@ async fn health_checks_run_during_a_better_uplink_attempt_body(rig: &mut TunnelR
     // Long, so a stalled loop stands out from scheduling noise.
     config.connect_timeout = Duration::from_secs(8);
     rig.tunnel_up(&config, "127.0.0.2:").await?;
+    // Counted before the blackhole: the better-uplink attempt may begin (and then hang for
+    // connect_timeout) before the move to 127.0.0.3 is seen in /status.
+    let tries = rig.proxy()?.accepted_from(ip(2));
     rig.proxy()?.set_mode_for_source(ip(2), ProxyMode::Blackhole);
     rig.wait_tunnel("127.0.0.3:", CONNECT_SETTLE).await?;
     // An attempt on the dead preferred uplink is under way.
-    let tries = rig.proxy()?.accepted_from(ip(2));
     eventually(config.uplink_retry * 2 + SLACK, "a better-uplink attempt", || async {
         anyhow::ensure!(rig.proxy()?.accepted_from(ip(2)) > tries);
         Ok(())
