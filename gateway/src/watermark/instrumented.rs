@@ -15,29 +15,39 @@ pub struct Instrumented {
     inner: Arc<dyn WatermarkStore>,
     backend: &'static str,
     metrics: StoreMetrics,
+    /// The two series every sign feeds, looked up once rather than per request.
+    check_and_record: prometheus::Histogram,
+    record_signature: prometheus::Histogram,
 }
 
 impl Instrumented {
     /// Wrap `inner`.
     pub fn new(inner: Arc<dyn WatermarkStore>, metrics: StoreMetrics) -> Instrumented {
         let backend = inner.health().backend;
+        let series = |op| metrics.duration.with_label_values(&[backend, op]);
         Instrumented {
+            check_and_record: series("check_and_record"),
+            record_signature: series("record_signature"),
             inner,
             backend,
             metrics,
         }
     }
 
-    /// Time `fut` as `op` and count its store failure, if any. Refusals by the rule are
-    /// answers, not failures.
+    /// Time `fut` into `duration` (`op`'s series when `None`) and count its store failure, if
+    /// any. Refusals by the rule are answers, not failures.
     async fn observe<T>(
         &self,
         op: &'static str,
+        duration: Option<&prometheus::Histogram>,
         fut: impl std::future::Future<Output = Result<T, WatermarkError>>,
     ) -> Result<T, WatermarkError> {
         let started = Instant::now();
         let result = fut.await;
-        self.metrics.observe(self.backend, op, started);
+        match duration {
+            Some(h) => h.observe(started.elapsed().as_secs_f64()),
+            None => self.metrics.observe(self.backend, op, started),
+        }
         if let Err(WatermarkError::Store(f)) = &result {
             self.metrics
                 .errors
@@ -50,7 +60,11 @@ impl Instrumented {
 
 impl WatermarkStore for Instrumented {
     fn check_and_record<'a>(&'a self, req: &'a MarkRequest) -> BoxFuture<'a, Result<Outcome, WatermarkError>> {
-        Box::pin(self.observe("check_and_record", self.inner.check_and_record(req)))
+        Box::pin(self.observe(
+            "check_and_record",
+            Some(&self.check_and_record),
+            self.inner.check_and_record(req),
+        ))
     }
 
     fn record_signature<'a>(
@@ -58,19 +72,23 @@ impl WatermarkStore for Instrumented {
         req: &'a MarkRequest,
         signature: &'a str,
     ) -> BoxFuture<'a, Result<(), WatermarkError>> {
-        Box::pin(self.observe("record_signature", self.inner.record_signature(req, signature)))
+        Box::pin(self.observe(
+            "record_signature",
+            Some(&self.record_signature),
+            self.inner.record_signature(req, signature),
+        ))
     }
 
     fn set<'a>(&'a self, key: MarkKey, level: i32, round: i32) -> BoxFuture<'a, Result<Option<Mark>, WatermarkError>> {
-        Box::pin(self.observe("set", self.inner.set(key, level, round)))
+        Box::pin(self.observe("set", None, self.inner.set(key, level, round)))
     }
 
     fn raise<'a>(&'a self, key: MarkKey, mark: Mark) -> BoxFuture<'a, Result<bool, WatermarkError>> {
-        Box::pin(self.observe("raise", self.inner.raise(key, mark)))
+        Box::pin(self.observe("raise", None, self.inner.raise(key, mark)))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<(MarkKey, Mark)>, WatermarkError>> {
-        Box::pin(self.observe("list", self.inner.list()))
+        Box::pin(self.observe("list", None, self.inner.list()))
     }
 
     fn health(&self) -> StoreHealth {
