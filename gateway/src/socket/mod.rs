@@ -48,6 +48,7 @@
 //! Decoding is stricter than octez where octez's own writer could never differ: a `bool` or
 //! an option byte other than `0x00`/`0xff` is refused (octez reads any non-zero as true).
 
+mod errors;
 mod frame;
 mod messages;
 #[cfg(test)]
