@@ -397,6 +397,22 @@ pub struct SignerConfig {
     /// A signer that connects in over SSH and asks for a reverse forward.
     #[serde(default)]
     pub tunnel: Option<TunnelSignerConfig>,
+    /// The protocol the signer speaks: `http` (octez-signer's HTTP protocol, the default) or
+    /// `socket` (octez's binary socket protocol, `octez-signer launch socket signer`, or a
+    /// device such as a Russignol reached at `tcp://…:7732`). Either is used the same way.
+    #[serde(default)]
+    pub protocol: SignerProtocol,
+}
+
+/// The wire protocol of one signer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignerProtocol {
+    /// octez-signer's HTTP protocol.
+    #[default]
+    Http,
+    /// octez's binary socket protocol (`tcp://` key URIs).
+    Socket,
 }
 
 /// A tunnel signer's identity.
@@ -877,6 +893,13 @@ impl Config {
         if !hc.path.starts_with('/') {
             return Err(invalid("health_check.path", "must start with '/'"));
         }
+        let socket_signers = self.signers.iter().any(|s| s.protocol == SignerProtocol::Socket);
+        if socket_signers && crate::socket::translate(&http::Method::GET, &hc.path, b"").is_err() {
+            return Err(invalid(
+                "health_check.path",
+                "a socket signer is configured, and the socket protocol has no counterpart of this path: use /authorized_keys (or /keys/<pkh>)",
+            ));
+        }
         if hc.interval.is_zero() {
             return Err(invalid("health_check.interval", "must be greater than zero"));
         }
@@ -1083,6 +1106,14 @@ signers:
             (
                 "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nhealth_check: {path: x}\n",
                 "health_check.path",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1', protocol: socket}]\nhealth_check: {path: /healthz}\n",
+                "health_check.path",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1', protocol: grpc}]\n",
+                "signers",
             ),
             (
                 "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nrequest_timeout: 0s\n",

@@ -187,7 +187,11 @@ impl Gateway {
                 max_in_flight: cfg.max_in_flight_per_signer,
                 max_queued: cfg.max_queued_per_signer,
             };
-            signers.push(Arc::new(Signer::with_limits(s.name.clone(), i, connector, limits)));
+            let signer = Signer::with_limits(s.name.clone(), i, connector, limits);
+            signers.push(Arc::new(match s.protocol {
+                config::SignerProtocol::Http => signer,
+                config::SignerProtocol::Socket => signer.speaking_socket(),
+            }));
         }
         let pool = Arc::new(Pool::new(
             signers,

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::HealthCheckConfig;
 use crate::metrics::Metrics;
+use crate::socket::SocketClient;
 pub use crate::transport::{Connect, Io, TcpConnect};
 
 /// Largest response body accepted from a signer.
@@ -58,6 +59,8 @@ pub enum AttemptFailure {
     WentDown,
     /// The signer's queue was full (`max_queued_per_signer`): not held against its health.
     QueueFull,
+    /// An answer that breaks the signer's protocol (a socket signer's undecodable frame).
+    BadAnswer,
 }
 
 impl AttemptFailure {
@@ -70,6 +73,7 @@ impl AttemptFailure {
             AttemptFailure::BadSignature => "bad_signature",
             AttemptFailure::WentDown => "went_down",
             AttemptFailure::QueueFull => "queue_full",
+            AttemptFailure::BadAnswer => "bad_answer",
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct SignerStatus {
     pub name: String,
     /// Where it is reached.
     pub address: String,
+    /// The protocol it speaks: `http` or `socket`.
+    pub protocol: &'static str,
     /// Current state.
     pub state: State,
     /// Position in the priority order (0 = first).
@@ -127,6 +133,8 @@ pub struct Signer {
     priority: usize,
     connector: Arc<dyn Connect>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// Set for a signer that speaks octez's socket protocol rather than HTTP.
+    socket: Option<SocketClient>,
     health: Mutex<Health>,
     /// Bumped each time the signer goes down, so requests in flight on it can move on at
     /// once instead of waiting out `request_timeout` (a health probe or a closed tunnel
@@ -191,6 +199,7 @@ impl Signer {
             priority,
             connector,
             idle: Mutex::new(Vec::new()),
+            socket: None,
             down_epoch: tokio::sync::watch::Sender::new(0),
             last_probe: Mutex::new(None),
             health: Mutex::new(Health {
@@ -202,6 +211,12 @@ impl Signer {
                 last_error: None,
             }),
         }
+    }
+
+    /// The same signer, speaking octez's socket protocol instead of HTTP.
+    pub fn speaking_socket(mut self) -> Signer {
+        self.socket = Some(SocketClient::default());
+        self
     }
 
     /// Configured name.
@@ -223,6 +238,9 @@ impl Signer {
     /// Send one request and read the whole answer, reusing an idle connection when there is
     /// one. No timeout here: callers bound the whole attempt.
     pub async fn send(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Answer, AttemptFailure> {
+        if let Some(socket) = &self.socket {
+            return socket.send(&*self.connector, &method, path_and_query, &body).await;
+        }
         // A reused connection may have been closed by the signer while idle; its error
         // says nothing about the signer's health, so try once more on a fresh one.
         if let Some(sender) = self.take_idle() {
@@ -354,7 +372,7 @@ impl Signer {
         if down {
             self.transition(&mut h, State::Down, metrics);
             // Connections to a failing signer are suspect: start afresh when it returns.
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.reset_connections();
         }
         // Whatever it answered before no longer stands for it.
         *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -388,6 +406,9 @@ impl Signer {
     /// Forget idle connections (they ran over a session that is gone or replaced).
     pub fn reset_connections(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if let Some(socket) = &self.socket {
+            socket.reset();
+        }
     }
 
     /// Snapshot for `/status`.
@@ -396,6 +417,7 @@ impl Signer {
         SignerStatus {
             name: self.name.clone(),
             address: self.connector.describe(),
+            protocol: if self.socket.is_some() { "socket" } else { "http" },
             state: h.state,
             priority: self.priority,
             since: rfc3339(h.since),

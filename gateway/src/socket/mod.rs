@@ -2,9 +2,9 @@
 //! their encodings and the framing, for both sides (a client of a socket signer, and a socket
 //! front end for bakers).
 //!
-//! Nothing in the gateway uses this module yet: a later change wires it into the signer pool
-//! (issue 14, item 1) and adds the front end (item 3). It is the codec only; it opens no
-//! connection.
+//! The codec (`messages.rs`, `frame.rs`) serves both sides: `upstream.rs` makes a socket signer
+//! one more signer of the pool (`protocol: socket`), and `front.rs` serves bakers that use a
+//! `tcp://` key URI.
 //!
 //! # Wire format
 //!
@@ -53,6 +53,7 @@ mod frame;
 mod messages;
 #[cfg(test)]
 mod tests;
+mod upstream;
 mod wire;
 
 pub use frame::{read_frame, write_frame, FrameError};
@@ -61,6 +62,7 @@ pub use messages::{
     AuthorizedKeys, BlsProvePossession, ErrorTrace, Request, RequestKind, Response, SignRequest, Signature,
     SignatureVersion,
 };
+pub use upstream::{to_http, translate, SocketClient};
 pub use wire::{DecodeError, EncodeError};
 
 /// The largest message a frame can carry: its length is a `u16`.

@@ -405,19 +405,30 @@ fn decode_ed25519_signature(s: &str) -> Result<[u8; 64], TezosError> {
 
 /// Check that `s` is a well-formed signature of some scheme (prefix and length).
 pub fn check_signature_shape(s: &str) -> Result<(), TezosError> {
-    let known: [(&str, &[u8], usize); 5] = [
+    decode_signature(s).map(|_| ())
+}
+
+/// The raw bytes of a signature of any scheme (`edsig`, `spsig1`, `p2sig`, `BLsig`, or the
+/// generic `sig` of 64 or 96 bytes), as the socket protocol carries it.
+pub fn decode_signature(s: &str) -> Result<Vec<u8>, TezosError> {
+    let known: [(&str, &[u8], usize); 6] = [
         ("edsig", prefix::EDSIG, 64),
         ("spsig1", prefix::SPSIG, 64),
         ("p2sig", prefix::P2SIG, 64),
         ("BLsig", prefix::BLSIG, 96),
         ("sig", prefix::SIG, 64),
+        ("sig", prefix::SIG, 96),
     ];
+    let mut found = Err(TezosError::Shape("signature"));
     for (text, pre, len) in known {
         if s.starts_with(text) {
-            return b58_decode(s, pre, len, "signature").map(|_| ());
+            found = b58_decode(s, pre, len, "signature");
+            if found.is_ok() {
+                break;
+            }
         }
     }
-    Err(TezosError::Shape("signature"))
+    found
 }
 
 /// Encode a raw ed25519 signature as `edsig…`.
