@@ -37,6 +37,10 @@ pub struct Config {
     /// The signing API that bakers call.
     #[serde(default)]
     pub api: ApiConfig,
+    /// The same signing service in octez's binary socket protocol, for bakers given a
+    /// `tcp://gateway:7732/tz…` key URI (off unless this section is present).
+    #[serde(default)]
+    pub socket_api: Option<SocketApiConfig>,
     /// Metrics, health and status endpoint.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -123,6 +127,29 @@ impl Default for ApiConfig {
             max_drain_bytes: default_max_drain_bytes(),
         }
     }
+}
+
+/// The socket-protocol listener for bakers (`tcp://` key URIs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketApiConfig {
+    /// Address to listen on (octez's socket signers use port 7732).
+    pub listen: SocketAddr,
+    /// Most client connections served at once; more wait to be accepted (default 256).
+    #[serde(default = "default_socket_max_connections")]
+    pub max_connections: usize,
+    /// Most connections from one source address at once; more are closed on accept
+    /// (default 64).
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Time a connection may wait for its next request before it is closed (default 30s;
+    /// octez's client opens a connection per operation and sends its requests at once).
+    #[serde(default = "default_socket_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time to receive a whole request once its first byte is in, and to write an answer
+    /// (default 5s; a request is under 64 KiB).
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub frame_timeout: Duration,
 }
 
 /// Admin listener.
@@ -636,6 +663,12 @@ fn default_max_queued_per_signer() -> usize {
 fn default_max_connections_per_source() -> usize {
     64
 }
+fn default_socket_max_connections() -> usize {
+    256
+}
+fn default_socket_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(2)
 }
@@ -889,6 +922,27 @@ impl Config {
         if self.request_timeout.is_zero() {
             return Err(invalid("request_timeout", "must be greater than zero"));
         }
+        if let Some(sock) = &self.socket_api {
+            for (field, zero) in [
+                ("socket_api.max_connections", sock.max_connections == 0),
+                (
+                    "socket_api.max_connections_per_source",
+                    sock.max_connections_per_source == 0,
+                ),
+                ("socket_api.idle_timeout", sock.idle_timeout.is_zero()),
+                ("socket_api.frame_timeout", sock.frame_timeout.is_zero()),
+            ] {
+                if zero {
+                    return Err(invalid(field, "must be greater than zero"));
+                }
+            }
+            if [self.api.listen, self.admin.listen].contains(&sock.listen) {
+                return Err(invalid(
+                    "socket_api.listen",
+                    "must differ from api.listen and admin.listen",
+                ));
+            }
+        }
         let hc = &self.health_check;
         if !hc.path.starts_with('/') {
             return Err(invalid("health_check.path", "must start with '/'"));
@@ -1114,6 +1168,18 @@ signers:
             (
                 "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1', protocol: grpc}]\n",
                 "signers",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nsocket_api: {listen: '127.0.0.1:7732', idle_timeout: 0s}\n",
+                "socket_api.idle_timeout",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nsocket_api: {listen: '127.0.0.1:6732'}\n",
+                "socket_api.listen",
+            ),
+            (
+                "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nsocket_api: {}\n",
+                "socket_api",
             ),
             (
                 "watermark: {dir: /x}\nsigners: [{name: a, address: 'h:1'}]\nrequest_timeout: 0s\n",

@@ -128,6 +128,7 @@ pub struct Gateway {
     settings: Settings,
     api_listener: TcpListener,
     admin_listener: TcpListener,
+    socket_listener: Option<TcpListener>,
     ssh: Option<(Arc<tunnel::Broker>, TcpListener)>,
     signing: Arc<signing::Signing>,
     metrics: Arc<metrics::Metrics>,
@@ -147,6 +148,10 @@ impl Gateway {
         };
         let api_listener = bind("api.listen", cfg.api.listen).await?;
         let admin_listener = bind("admin.listen", cfg.admin.listen).await?;
+        let socket_listener = match &cfg.socket_api {
+            Some(s) => Some(bind("socket_api.listen", s.listen).await?),
+            None => None,
+        };
         let ssh = match &cfg.ssh {
             Some(ssh_cfg) => {
                 let path = ssh_cfg.host_key.clone();
@@ -212,6 +217,7 @@ impl Gateway {
             settings,
             api_listener,
             admin_listener,
+            socket_listener,
             ssh,
             signing,
             metrics,
@@ -226,6 +232,11 @@ impl Gateway {
     /// Address the admin endpoint listens on.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
         self.admin_listener.local_addr()
+    }
+
+    /// Address the socket-protocol front end listens on, if configured.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.socket_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Address the SSH broker listens on, if configured.
@@ -279,6 +290,21 @@ impl Gateway {
             shutdown.clone(),
             Arc::clone(&api_graceful),
         ));
+        // The socket front end's connections, drained with the HTTP ones; `hard_stop` ends
+        // those still open when the grace period is over.
+        let socket_conns = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let socket_loop = match (self.socket_listener, &cfg.socket_api) {
+            (Some(listener), Some(sock_cfg)) => {
+                let front = Arc::new(socket::Front::new(
+                    Arc::clone(&self.signing),
+                    Arc::clone(&self.metrics),
+                    sock_cfg.clone(),
+                ));
+                Some(tracker.spawn(front.serve(listener, socket_conns.clone(), shutdown.clone(), hard_stop.clone())))
+            }
+            _ => None,
+        };
         let admin_loop = tracker.spawn(server::serve(
             self.admin_listener,
             move |req| Arc::clone(&admin).handle(req),
@@ -297,7 +323,12 @@ impl Gateway {
         if let Some(l) = ssh_loop {
             let _ = l.await;
         }
+        if let Some(l) = socket_loop {
+            let _ = l.await;
+        }
+        socket_conns.close();
         let drain = async {
+            socket_conns.wait().await;
             if let Some(g) = Arc::into_inner(api_graceful) {
                 g.shutdown().await;
             }
@@ -308,6 +339,7 @@ impl Gateway {
         if tokio::time::timeout(cfg.shutdown_grace, drain).await.is_err() {
             warn!("shutdown grace period over: closing the remaining connections");
         }
+        hard_stop.cancel();
         // Only now the tunnels: a request in flight through one had its answer above.
         if let Some(broker) = &broker {
             broker.close_all().await;

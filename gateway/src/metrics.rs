@@ -47,13 +47,17 @@ pub struct Metrics {
     pub tunnel_keepalive_timeouts: IntCounterVec,
     /// Time to open a forwarded channel through a tunnel.
     pub tunnel_channel_open: Histogram,
-    /// Connections or requests the HTTP layer refused, by port (`api`, `admin`) and reason
+    /// Connections or requests refused, by port (`api`, `admin`, `socket`) and reason
     /// (`per_source`, `first_byte_timeout`, `header_timeout`, `body_timeout`, `malformed`).
     pub http_refused: IntCounterVec,
     /// Requests waiting for a signer's concurrency permit, by signer.
     pub signer_queued: IntGaugeVec,
     /// Requests refused because a signer's queue was full, by signer.
     pub signer_queue_full: IntCounterVec,
+    /// Requests on the socket-protocol listener by request kind (`sign`, `public_key`,
+    /// `authorized_keys`…) and result (`ok`, or `error` for an error answer), plus kind `undecodable`
+    /// for requests that do not decode (the connection is closed, as octez does).
+    pub socket_requests: IntCounterVec,
     /// The watermark store's own operations.
     pub store: StoreMetrics,
 }
@@ -256,6 +260,11 @@ impl Metrics {
             "Requests refused because a signer's queue was full",
             &["signer"],
         )?;
+        let socket_requests = counter(
+            "signer_gateway_socket_requests_total",
+            "Requests on the socket-protocol listener, by kind and result",
+            &["kind", "result"],
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("signer_gateway_build_info", "Build information"),
             &["version"],
@@ -286,6 +295,7 @@ impl Metrics {
             http_refused,
             signer_queued,
             signer_queue_full,
+            socket_requests,
         })
     }
 

@@ -159,6 +159,20 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
+    /// The kind's name, for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Sign => "sign",
+            RequestKind::PublicKey => "public_key",
+            RequestKind::AuthorizedKeys => "authorized_keys",
+            RequestKind::DeterministicNonce => "deterministic_nonce",
+            RequestKind::DeterministicNonceHash => "deterministic_nonce_hash",
+            RequestKind::SupportsDeterministicNonces => "supports_deterministic_nonces",
+            RequestKind::KnownKeys => "known_keys",
+            RequestKind::BlsProvePossession => "bls_prove_possession",
+        }
+    }
+
     /// The request's tag on the wire.
     pub fn tag(self) -> u8 {
         match self {

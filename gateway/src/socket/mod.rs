@@ -50,6 +50,7 @@
 
 mod errors;
 mod frame;
+mod front;
 mod messages;
 #[cfg(test)]
 mod tests;
@@ -57,6 +58,7 @@ mod upstream;
 mod wire;
 
 pub use frame::{read_frame, write_frame, FrameError};
+pub use front::Front;
 pub use messages::{
     authentication_payload, decode_request, decode_response, encode_request, encode_response, AuthenticatedRequest,
     AuthorizedKeys, BlsProvePossession, ErrorTrace, Request, RequestKind, Response, SignRequest, Signature,

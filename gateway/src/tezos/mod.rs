@@ -431,6 +431,17 @@ pub fn decode_signature(s: &str) -> Result<Vec<u8>, TezosError> {
     found
 }
 
+/// Encode a signature of unknown scheme (64 bytes) in the generic `sig…` encoding, or a
+/// 96-byte one as `BLsig…`: how a socket request's authentication signature, which carries
+/// no scheme, is written for the HTTP protocol.
+pub fn encode_untyped_signature(sig: &[u8]) -> Option<String> {
+    match sig.len() {
+        64 => Some(b58_encode(prefix::SIG, sig)),
+        96 => Some(b58_encode(prefix::BLSIG, sig)),
+        _ => None,
+    }
+}
+
 /// Encode a raw ed25519 signature as `edsig…`.
 pub fn encode_ed25519_signature(sig: &[u8; 64]) -> String {
     b58_encode(prefix::EDSIG, sig)
