@@ -142,10 +142,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let (api, admin) = (gateway.api_addr()?, gateway.admin_addr()?);
     info!(%api, %admin, "signer-gateway listening");
     // One machine-readable line on stdout: tests and scripts wait for it.
-    match (gateway.ssh_addr(), gateway.ssh_fingerprint()) {
-        (Some(ssh), Some(fp)) => println!("signer-gateway ready api={api} admin={admin} ssh={ssh} host_key={fp}"),
-        _ => println!("signer-gateway ready api={api} admin={admin}"),
+    let mut ready = format!("signer-gateway ready api={api} admin={admin}");
+    if let (Some(ssh), Some(fp)) = (gateway.ssh_addr(), gateway.ssh_fingerprint()) {
+        ready.push_str(&format!(" ssh={ssh} host_key={fp}"));
     }
+    if let Some(socket) = gateway.socket_addr() {
+        info!(%socket, "socket protocol front end listening");
+        ready.push_str(&format!(" socket={socket}"));
+    }
+    println!("{ready}");
     let shutdown = CancellationToken::new();
     tokio::spawn(signer_common::cancel_on_signals(shutdown.clone()));
     gateway.run(shutdown).await;

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub api: SocketAddr,
     /// Admin listener address, from the ready line of the current run.
     pub admin: SocketAddr,
+    /// Socket-protocol front end address (`socket=` on the ready line), if it serves one.
+    pub socket: Option<SocketAddr>,
     dir: PathBuf,
     config: String,
     runs: u32,
@@ -62,6 +64,7 @@ impl Gateway {
             proc: None,
             api: SocketAddr::from(([0, 0, 0, 0], 0)),
             admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            socket: None,
             dir: dir.to_path_buf(),
             config: config_yaml.to_string(),
             runs: 0,
@@ -100,6 +103,11 @@ impl Gateway {
         self.proc = Some(proc);
         self.api = api;
         self.admin = admin;
+        self.socket = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("socket="))
+            .map(|a| a.parse().with_context(|| format!("socket address in {line:?}")))
+            .transpose()?;
         Ok(())
     }
 
@@ -335,6 +343,11 @@ pub struct GatewayConfig {
     pub health_fall: u32,
     /// `shutdown_grace`.
     pub shutdown_grace: String,
+    /// Names of the signers declared with `protocol: socket`.
+    pub socket_signers: Vec<String>,
+    /// Serve the socket-protocol front end (`socket_api`) on a loopback port of its own
+    /// ([`Gateway::socket_addr`]).
+    pub socket_api: bool,
 }
 
 /// `watermark.etcd` of a [`GatewayConfig`].
@@ -377,6 +390,8 @@ impl GatewayConfig {
             health_rise: 2,
             health_fall: 1,
             shutdown_grace: "5s".to_string(),
+            socket_signers: Vec::new(),
+            socket_api: false,
         }
     }
 
@@ -414,6 +429,12 @@ impl GatewayConfig {
         );
         for (name, addr) in &self.signers {
             let _ = write!(y, "  - name: {name}\n    address: {addr}\n");
+            if self.socket_signers.contains(name) {
+                y.push_str("    protocol: socket\n");
+            }
+        }
+        if self.socket_api {
+            y.push_str("socket_api:\n  listen: 127.0.0.1:0\n");
         }
         let _ = write!(
             y,
