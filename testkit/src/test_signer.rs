@@ -1,8 +1,9 @@
-//! A real octez-compatible remote signer for tests: HTTP/1.1 (hyper, keep-alive on), real
-//! ed25519 (tz1) and BLS12-381 (tz4) keys from fixed seeds, and fault modes switchable at
-//! runtime.
+//! A real octez-compatible remote signer for tests: HTTP/1.1 (hyper, keep-alive on) or octez's
+//! binary socket protocol ([`Protocol`]), real ed25519 (tz1) and BLS12-381 (tz4) keys from
+//! fixed seeds, and fault modes switchable at runtime. Both protocols share the keys, the
+//! modes and the [`Stats`].
 //!
-//! # Protocol (as octez-signer, `protocol.md` sections 1 and 5)
+//! # HTTP protocol (as octez-signer, `protocol.md` sections 1 and 5)
 //! - `GET /authorized_keys` → `{}`
 //! - `GET /keys/<pkh>` → `{"public_key":"edpk…"}` (or `BLpk…`), 404 for an unknown key
 //! - `POST /keys/<pkh>[?version=..&authentication=..]`, body a JSON string of hex (magic byte
@@ -14,15 +15,24 @@
 //!
 //! Errors are octez error traces: `[{"kind":"temporary","id":"…","msg":"…"}]`.
 //!
+//! # Socket protocol (as `octez-signer launch socket signer`)
+//! Every request kind of `signer_gateway::socket`, one connection serving requests until the
+//! peer closes: see `test_signer/socket_server.rs` for the answers and what each mode does.
+//!
 //! # Fault modes ([`Mode`])
 //! `ok`, `slow:<ms>`, `fail`, `fail-sign`, `hang`, `wrong-sig`, `wrong-scheme`,
-//! `malformed-sig`, `bad-key`, `refuse`: see the variants.
+//! `malformed-sig`, `bad-key`, `refuse`, and for the socket protocol `close-mid-answer` and
+//! `garbage`: see the variants.
 //! Modes apply to protocol paths only, never to the control endpoints.
 //!
 //! # Control endpoints (outside the protocol)
 //! - `PUT /_control/mode` (body: the mode string, optionally JSON-quoted) → 204; `GET` → the mode
 //! - `GET /_control/stats` → [`Stats`] as JSON, so a test can tell which signer served
 //! - `POST /_control/reset` → zero the counters
+//!
+//! An HTTP signer serves them on its own port; a socket signer's port speaks only the socket
+//! protocol, so it serves them on [`TestSignerOptions::control_listen`] (which an HTTP signer
+//! may use too).
 //!
 //! Use [`TestSigner::spawn`] in-process, or the `test-signer` binary (see
 //! `harness::TestSignerProcess`) when a test needs to kill a signer for real.
@@ -41,10 +51,13 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
+use signer_gateway::socket;
 use signer_gateway::tezos::{self, BlsPublicKey, BlsScheme, Pkh, PublicKey};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod socket_server;
 
 /// Largest request body the test signer reads (octez payloads are far smaller).
 const MAX_BODY: usize = 1 << 20;
@@ -192,14 +205,24 @@ impl TestKey {
 
     /// [`TestKey::sign`] under a given BLS scheme (ignored by ed25519 keys).
     pub fn sign_as(&self, bytes: &[u8], scheme: BlsScheme) -> String {
+        self.raw_sign(bytes, scheme).text()
+    }
+
+    /// [`TestKey::sign_as`] as raw bytes, the way the socket protocol carries signatures
+    /// (64 bytes for tz1, 96 for tz4).
+    pub fn sign_raw(&self, bytes: &[u8], scheme: BlsScheme) -> socket::Signature {
+        self.raw_sign(bytes, scheme).socket()
+    }
+
+    fn raw_sign(&self, bytes: &[u8], scheme: BlsScheme) -> RawSignature {
         match &self.secret {
-            Secret::Ed25519(key) => tezos::encode_ed25519_signature(&key.sign(&tezos::blake2b_256(bytes)).to_bytes()),
+            Secret::Ed25519(key) => RawSignature::Ed25519(key.sign(&tezos::blake2b_256(bytes)).to_bytes()),
             Secret::Bls(sk) => {
                 let aug: &[u8] = match &self.public_key {
                     PublicKey::Bls(pk) if scheme == BlsScheme::Augmented => pk.bytes(),
                     _ => &[],
                 };
-                tezos::encode_bls_signature(&sk.sign(bytes, scheme.dst(), aug).compress())
+                RawSignature::Bls(sk.sign(bytes, scheme.dst(), aug).compress())
             }
         }
     }
@@ -207,14 +230,83 @@ impl TestKey {
     /// A BLS proof of possession: over this key's compressed public key, or over `over`.
     /// `None` for an ed25519 key.
     pub fn prove_possession(&self, over: Option<&BlsPublicKey>) -> Option<String> {
-        let (Secret::Bls(sk), PublicKey::Bls(own)) = (&self.secret, &self.public_key) else {
+        self.prove_possession_raw(over)
+            .map(|proof| tezos::encode_bls_signature(&proof))
+    }
+
+    /// [`TestKey::prove_possession`] as the 96 raw bytes of the socket protocol.
+    pub fn prove_possession_raw(&self, over: Option<&BlsPublicKey>) -> Option<[u8; 96]> {
+        let PublicKey::Bls(own) = &self.public_key else {
             return None;
         };
-        let msg = over.unwrap_or(own).bytes();
-        Some(tezos::encode_bls_signature(
-            &sk.sign(msg, tezos::bls::DST_POP_PROVE, &[]).compress(),
-        ))
+        self.bls_sign(over.unwrap_or(own).bytes(), tezos::bls::DST_POP_PROVE)
     }
+
+    /// A plain BLS signature of `msg` under `dst`; `None` for an ed25519 key.
+    fn bls_sign(&self, msg: &[u8], dst: &[u8]) -> Option<[u8; 96]> {
+        let Secret::Bls(sk) = &self.secret else {
+            return None;
+        };
+        Some(sk.sign(msg, dst, &[]).compress())
+    }
+}
+
+/// A signature a [`TestKey`] made, before either protocol encodes it.
+enum RawSignature {
+    Ed25519([u8; 64]),
+    Bls([u8; 96]),
+}
+
+impl RawSignature {
+    /// As the HTTP protocol sends it: `edsig…` or `BLsig…`.
+    fn text(&self) -> String {
+        match self {
+            RawSignature::Ed25519(b) => tezos::encode_ed25519_signature(b),
+            RawSignature::Bls(b) => tezos::encode_bls_signature(b),
+        }
+    }
+
+    /// As the socket protocol sends it: the raw bytes.
+    fn socket(&self) -> socket::Signature {
+        match self {
+            RawSignature::Ed25519(b) => socket::Signature::Generic(*b),
+            RawSignature::Bls(b) => socket::Signature::Bls(*b),
+        }
+    }
+}
+
+/// The signature a sign request gets in `mode`, for both protocols: in `wrong-sig` a valid
+/// signature of this key over other bytes, in `wrong-scheme` one under the other BLS scheme
+/// (tz1 keys ignore the scheme), otherwise the right one. Other faults are the protocols'.
+fn signature_in_mode(mode: Mode, key: &TestKey, bytes: &[u8], scheme: BlsScheme) -> RawSignature {
+    match mode {
+        Mode::WrongSig => {
+            let mut other = bytes.to_vec();
+            other.extend_from_slice(b"\x00wrong");
+            key.raw_sign(&other, scheme)
+        }
+        Mode::WrongScheme => key.raw_sign(bytes, scheme.other()),
+        _ => key.raw_sign(bytes, scheme),
+    }
+}
+
+/// The proof of possession a request gets in `mode`, for both protocols (`None` for a tz1
+/// key): in `wrong-sig` a signature of the key's own bytes under the signing DST, which is no
+/// proof.
+fn proof_in_mode(mode: Mode, key: &TestKey, over: Option<&BlsPublicKey>) -> Option<[u8; 96]> {
+    match (&key.public_key, mode) {
+        (PublicKey::Bls(own), Mode::WrongSig) => key.bls_sign(own.bytes(), BlsScheme::ProofOfPossession.dst()),
+        _ => key.prove_possession_raw(over),
+    }
+}
+
+/// What `bad-key` answers for any key: 48 bytes with the compression bit set and x = 5,
+/// which is no point of G1 (both protocols send these bytes as a tz4 public key).
+fn off_curve_bls_key() -> [u8; 48] {
+    let mut off_curve = [0u8; 48];
+    off_curve[0] = 0x80;
+    off_curve[47] = 5;
+    off_curve
 }
 
 impl fmt::Debug for TestKey {
@@ -254,6 +346,12 @@ pub enum Mode {
     BadKey,
     /// 403 on `POST /keys/…`, like a Ledger whose user refused.
     Refuse,
+    /// Socket protocol: answer a sign request with the start of its frame (the length and a
+    /// few bytes), then close the connection. HTTP: as [`Mode::Fail`].
+    CloseMidAnswer,
+    /// Socket protocol: answer a sign request with a well-framed message whose result tag is
+    /// unknown (`0x07`). HTTP: as [`Mode::Fail`].
+    Garbage,
 }
 
 impl FromStr for Mode {
@@ -270,11 +368,13 @@ impl FromStr for Mode {
             "malformed-sig" => Mode::MalformedSig,
             "bad-key" => Mode::BadKey,
             "refuse" => Mode::Refuse,
+            "close-mid-answer" => Mode::CloseMidAnswer,
+            "garbage" => Mode::Garbage,
             _ => match s.strip_prefix("slow:").map(str::parse::<u64>) {
                 Some(Ok(ms)) => Mode::Slow(Duration::from_millis(ms)),
                 _ => {
                     return Err(format!(
-                        "unknown mode {s:?}: expected ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme, malformed-sig, bad-key or refuse"
+                        "unknown mode {s:?}: expected ok, slow:<ms>, fail, fail-sign, hang, wrong-sig, wrong-scheme, malformed-sig, bad-key, refuse, close-mid-answer or garbage"
                     ))
                 }
             },
@@ -295,6 +395,8 @@ impl fmt::Display for Mode {
             Mode::MalformedSig => f.write_str("malformed-sig"),
             Mode::BadKey => f.write_str("bad-key"),
             Mode::Refuse => f.write_str("refuse"),
+            Mode::CloseMidAnswer => f.write_str("close-mid-answer"),
+            Mode::Garbage => f.write_str("garbage"),
         }
     }
 }
@@ -314,10 +416,42 @@ pub struct Stats {
     pub max_in_flight: u64,
     /// Hex of the last payload signed (as received, magic byte included).
     pub last_sign_hex: Option<String>,
-    /// Query string of the last `POST /keys/…` (to check `version=` is passed on).
+    /// Query string of the last `POST /keys/…` (to check `version=` is passed on); for the
+    /// socket protocol `version=N` when the last sign request carried a version, else `None`.
     pub last_query: Option<String>,
     /// Current mode, as its string.
     pub mode: String,
+}
+
+/// The wire protocol a test signer speaks on [`TestSignerOptions::listen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// octez-signer's HTTP protocol, control endpoints on the same port.
+    #[default]
+    Http,
+    /// octez-signer's binary socket protocol (`tcp://`); control endpoints only on
+    /// [`TestSignerOptions::control_listen`].
+    Socket,
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s.trim() {
+            "http" => Ok(Protocol::Http),
+            "socket" => Ok(Protocol::Socket),
+            other => Err(format!("unknown protocol {other:?}: expected http or socket")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "http",
+            Protocol::Socket => "socket",
+        })
+    }
 }
 
 /// Settings for [`TestSigner::spawn`].
@@ -325,6 +459,11 @@ pub struct Stats {
 pub struct TestSignerOptions {
     /// Address to bind; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// What `listen` speaks.
+    pub protocol: Protocol,
+    /// Where to serve the control endpoints on their own port (HTTP), if anywhere: the only
+    /// way to reach them on a [`Protocol::Socket`] signer from another process.
+    pub control_listen: Option<SocketAddr>,
     /// One tz1 key per seed.
     pub seeds: Vec<[u8; 32]>,
     /// More keys (tz4 keys), after those of `seeds`.
@@ -337,6 +476,8 @@ impl Default for TestSignerOptions {
     fn default() -> Self {
         TestSignerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            protocol: Protocol::Http,
+            control_listen: None,
             seeds: vec![seed(1)],
             keys: Vec::new(),
             mode: Mode::Ok,
@@ -366,6 +507,34 @@ impl State {
         self.keys.iter().find(|k| k.pkh.to_string() == pkh)
     }
 
+    fn key_of(&self, pkh: &Pkh) -> Option<&TestKey> {
+        self.keys.iter().find(|k| k.pkh == *pkh)
+    }
+
+    /// Count a protocol request in; it stays in flight until the guard drops, however the
+    /// request ends (answered, or dropped mid-way). Returns the mode it is handled in.
+    fn begin_request(&self) -> (Mode, InFlight<'_>) {
+        let mut g = self.lock();
+        g.stats.requests += 1;
+        g.stats.in_flight += 1;
+        g.stats.max_in_flight = g.stats.max_in_flight.max(g.stats.in_flight);
+        (g.mode, InFlight(self))
+    }
+
+    /// A sign request arrived, whatever its answer will be.
+    fn count_sign_request(&self, query: Option<String>) {
+        let mut g = self.lock();
+        g.stats.sign_requests += 1;
+        g.stats.last_query = query;
+    }
+
+    /// A signature (right or deliberately wrong) is being returned for `bytes`.
+    fn count_sign(&self, bytes: &[u8]) {
+        let mut g = self.lock();
+        g.stats.signs += 1;
+        g.stats.last_sign_hex = Some(hex::encode(bytes));
+    }
+
     fn stats(&self) -> Stats {
         let g = self.lock();
         Stats {
@@ -375,15 +544,30 @@ impl State {
     }
 }
 
+/// See [`State::begin_request`].
+struct InFlight<'a>(&'a State);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.stats.in_flight = g.stats.in_flight.saturating_sub(1);
+    }
+}
+
 /// Entry point for the in-process test signer.
 pub struct TestSigner;
 
 impl TestSigner {
-    /// Bind `options.listen` and serve on a task of the current runtime until
-    /// [`TestSignerHandle::shutdown`] or drop.
+    /// Bind `options.listen` (and `options.control_listen`) and serve `options.protocol` on
+    /// tasks of the current runtime until [`TestSignerHandle::shutdown`] or drop.
     pub async fn spawn(options: TestSignerOptions) -> std::io::Result<TestSignerHandle> {
         let listener = TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
+        let control = match options.control_listen {
+            Some(listen) => Some(TcpListener::bind(listen).await?),
+            None => None,
+        };
+        let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
         let state = Arc::new(State {
             keys: options
                 .seeds
@@ -397,12 +581,25 @@ impl TestSigner {
             }),
         });
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, state.clone(), cancel.clone()));
+        let mut tasks = vec![match options.protocol {
+            Protocol::Http => tokio::spawn(serve(listener, state.clone(), cancel.clone(), Paths::All)),
+            Protocol::Socket => tokio::spawn(socket_server::serve(listener, state.clone(), cancel.clone())),
+        }];
+        if let Some(control) = control {
+            tasks.push(tokio::spawn(serve(
+                control,
+                state.clone(),
+                cancel.clone(),
+                Paths::Control,
+            )));
+        }
         Ok(TestSignerHandle {
             addr,
+            control_addr,
+            protocol: options.protocol,
             state,
             cancel,
-            task: Some(task),
+            tasks,
         })
     }
 }
@@ -410,15 +607,28 @@ impl TestSigner {
 /// A running in-process test signer. Dropping it stops it (abruptly, like a crash).
 pub struct TestSignerHandle {
     addr: SocketAddr,
+    control_addr: Option<SocketAddr>,
+    protocol: Protocol,
     state: Arc<State>,
     cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl TestSignerHandle {
     /// Address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What [`TestSignerHandle::addr`] speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Where the control endpoints are served on their own port, if they are
+    /// ([`TestSignerOptions::control_listen`]).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
     }
 
     /// Its keys, in seed order.
@@ -460,7 +670,7 @@ impl TestSignerHandle {
     /// and wait until the port is released.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
     }
@@ -472,28 +682,44 @@ impl Drop for TestSignerHandle {
     }
 }
 
-/// Accept loop: one task per connection, all dropped on `cancel`.
-async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationToken) {
+/// Which paths an HTTP listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paths {
+    /// The protocol and the control endpoints (an HTTP signer's port).
+    All,
+    /// The control endpoints only (`control_listen`).
+    Control,
+}
+
+/// Accept one connection, or `None` once `cancel` fires.
+async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Option<tokio::net::TcpStream> {
     loop {
-        let (stream, _peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some(stream);
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "test-signer accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
                 }
             },
-        };
-        let _ = stream.set_nodelay(true);
+        }
+    }
+}
+
+/// HTTP accept loop: one task per connection, all dropped on `cancel`.
+async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationToken, paths: Paths) {
+    while let Some(stream) = accept(&listener, &cancel).await {
         let state = state.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                async move { Ok::<_, Infallible>(handle(&state, req, paths).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -554,27 +780,19 @@ fn decode_sign_body(body: &[u8]) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+async fn handle(state: &State, req: Request<Incoming>, paths: Paths) -> Resp {
     let path = req.uri().path().to_string();
     if let Some(what) = path.strip_prefix("/_control/") {
         return control(state, what, req).await;
     }
-    let mode = {
-        let mut g = state.lock();
-        g.stats.requests += 1;
-        g.stats.in_flight += 1;
-        g.stats.max_in_flight = g.stats.max_in_flight.max(g.stats.in_flight);
-        g.mode
-    };
-    // Counted down however the request ends (answered, or dropped mid-way).
-    struct InFlight<'a>(&'a State);
-    impl Drop for InFlight<'_> {
-        fn drop(&mut self) {
-            let mut g = self.0.lock();
-            g.stats.in_flight = g.stats.in_flight.saturating_sub(1);
-        }
+    if paths == Paths::Control {
+        return trace(
+            StatusCode::NOT_FOUND,
+            "test_signer.not_found",
+            "this port serves /_control/ only",
+        );
     }
-    let _in_flight = InFlight(state);
+    let (mode, _in_flight) = state.begin_request();
     let is_sign = req.method() == Method::POST && path.starts_with("/keys/");
     let query = req.uri().query().map(str::to_string);
     let method = req.method().clone();
@@ -584,14 +802,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
         Err(resp) => return resp,
     };
     if is_sign {
-        let mut g = state.lock();
-        g.stats.sign_requests += 1;
-        g.stats.last_query = query.clone();
+        state.count_sign_request(query.clone());
     }
     match mode {
         Mode::Hang => std::future::pending::<()>().await,
         Mode::Slow(d) => tokio::time::sleep(d).await,
-        Mode::Fail => {
+        // The two socket-framing faults have no HTTP counterpart: fail plainly.
+        Mode::Fail | Mode::CloseMidAnswer | Mode::Garbage => {
             return trace(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "test_signer.fail",
@@ -619,14 +836,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
             Some(Ok(PublicKey::Bls(k))) => Some(k),
             Some(_) => return trace(StatusCode::BAD_REQUEST, "test_signer.bls_pk", "bls_pk is not a BLpk"),
         };
-        return match (key.prove_possession(over.as_ref()), key.public_key()) {
-            // `wrong-sig`: a signature of the key's bytes under the signing DST, not a proof.
-            (Some(_), PublicKey::Bls(own)) if mode == Mode::WrongSig => json(
+        return match proof_in_mode(mode, key, over.as_ref()) {
+            Some(proof) => json(
                 StatusCode::OK,
-                serde_json::json!({ "bls_prove_possession": key.sign(own.bytes()) }),
+                serde_json::json!({ "bls_prove_possession": tezos::encode_bls_signature(&proof) }),
             ),
-            (Some(proof), _) => json(StatusCode::OK, serde_json::json!({ "bls_prove_possession": proof })),
-            (None, _) => trace(
+            None => trace(
                 StatusCode::BAD_REQUEST,
                 "test_signer.not_bls",
                 "Proof of possession can only be requested for BLS keys.",
@@ -649,11 +864,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     };
     match method {
         Method::GET if mode == Mode::BadKey => {
-            // x = 5 with the compression bit: 48 bytes, but no point of G1.
-            let mut off_curve = [0u8; 48];
-            off_curve[0] = 0x80;
-            off_curve[47] = 5;
-            let text = tezos::encode_public_key(tezos::Curve::Bls, &off_curve);
+            let text = tezos::encode_public_key(tezos::Curve::Bls, &off_curve_bls_key());
             json(StatusCode::OK, serde_json::json!({ "public_key": text }))
         }
         Method::GET => json(
@@ -678,25 +889,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
                     )
                 }
                 Mode::Refuse => return trace(StatusCode::FORBIDDEN, "test_signer.refused", "signing refused"),
-                Mode::WrongSig => {
-                    let mut other = bytes.clone();
-                    other.extend_from_slice(b"\x00wrong");
-                    key.sign_as(&other, scheme)
-                }
-                Mode::WrongScheme => key.sign_as(&bytes, scheme.other()),
                 Mode::MalformedSig => {
                     // Drop two characters: the base58check checksum no longer matches.
                     let mut sig = key.sign_as(&bytes, scheme);
-                    sig.truncate(sig.len() - 2);
+                    sig.truncate(sig.len().saturating_sub(2));
                     sig
                 }
-                _ => key.sign_as(&bytes, scheme),
+                _ => signature_in_mode(mode, key, &bytes, scheme).text(),
             };
-            {
-                let mut g = state.lock();
-                g.stats.signs += 1;
-                g.stats.last_sign_hex = Some(hex::encode(&bytes));
-            }
+            state.count_sign(&bytes);
             json(StatusCode::OK, serde_json::json!({ "signature": signature }))
         }
         _ => empty(StatusCode::METHOD_NOT_ALLOWED),
@@ -758,6 +959,8 @@ mod tests {
             "malformed-sig",
             "bad-key",
             "refuse",
+            "close-mid-answer",
+            "garbage",
         ] {
             assert_eq!(s.parse::<Mode>().unwrap().to_string(), s);
         }
