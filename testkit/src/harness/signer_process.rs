@@ -1,5 +1,6 @@
 //! The `test-signer` binary as a real process (to kill it for real), and a control client
-//! that works for in-process and process signers alike.
+//! that works for in-process and process signers alike. A socket-protocol signer
+//! ([`TestSignerProcess::start_socket`]) is controlled through its own control port.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use signer_gateway::tezos::Pkh;
 
 use super::client::Client;
 use super::process::{verbose, Proc};
-use crate::test_signer::{Mode, Stats, TestKey};
+use crate::test_signer::{Mode, Protocol, Stats, TestKey};
 
 /// Prefix of the line `test-signer` prints once it listens.
 pub const READY_PREFIX: &str = "test-signer listening on ";
@@ -69,6 +70,9 @@ pub struct TestSignerProcess {
     proc: Option<Proc>,
     bin: PathBuf,
     addr: SocketAddr,
+    protocol: Protocol,
+    /// The separate control port (socket signers), kept across restarts like `addr`.
+    control_addr: Option<SocketAddr>,
     keys: Vec<TestKey>,
     pkhs: Vec<Pkh>,
     control: SignerControl,
@@ -89,21 +93,65 @@ impl TestSignerProcess {
 
     /// As [`TestSignerProcess::start_on`] with any keys (tz1 and tz4).
     pub async fn start_keys(listen: SocketAddr, keys: &[TestKey], mode: Mode) -> anyhow::Result<TestSignerProcess> {
+        TestSignerProcess::start_protocol(Protocol::Http, listen, keys, mode).await
+    }
+
+    /// As [`TestSignerProcess::start_keys`], speaking octez's socket protocol on `listen`; its
+    /// control endpoints get a free port of their own on the same IP
+    /// ([`TestSignerProcess::control_addr`]), which [`TestSignerProcess::set_mode`] and
+    /// [`TestSignerProcess::stats`] use.
+    pub async fn start_socket(listen: SocketAddr, keys: &[TestKey], mode: Mode) -> anyhow::Result<TestSignerProcess> {
+        TestSignerProcess::start_protocol(Protocol::Socket, listen, keys, mode).await
+    }
+
+    /// As [`TestSignerProcess::start_keys`] in either protocol.
+    pub async fn start_protocol(
+        protocol: Protocol,
+        listen: SocketAddr,
+        keys: &[TestKey],
+        mode: Mode,
+    ) -> anyhow::Result<TestSignerProcess> {
         let bin = super::bins::workspace_bin("test-signer", "TEST_SIGNER_BIN", &["testkit"])?;
-        let (proc, addr, pkhs) = spawn(&bin, listen, keys, mode).await?;
+        // HTTP signers are controlled on their own port, as they always were.
+        let control_listen = match protocol {
+            Protocol::Http => None,
+            Protocol::Socket => Some(SocketAddr::new(listen.ip(), 0)),
+        };
+        let (proc, ready) = spawn(&bin, listen, keys, mode, protocol, control_listen).await?;
+        let control_addr = match protocol {
+            Protocol::Http => None,
+            Protocol::Socket => Some(
+                ready
+                    .control
+                    .context("a socket test-signer printed no control= address")?,
+            ),
+        };
         Ok(TestSignerProcess {
             proc: Some(proc),
             bin,
-            addr,
+            addr: ready.addr,
+            protocol,
+            control_addr,
             keys: keys.to_vec(),
-            pkhs,
-            control: SignerControl::new(addr),
+            pkhs: ready.pkhs,
+            control: SignerControl::new(control_addr.unwrap_or(ready.addr)),
         })
     }
 
     /// Address it listens on (kept across [`TestSignerProcess::restart`]).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What [`TestSignerProcess::addr`] speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The control endpoints' own port (socket signers; kept across restarts); `None` for an
+    /// HTTP signer, controlled on [`TestSignerProcess::addr`].
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
     }
 
     /// Key hashes, in seed order.
@@ -160,8 +208,8 @@ impl TestSignerProcess {
         // The port was just ours; retry briefly in case the kernel is slow to release it.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match spawn(&self.bin, self.addr, &self.keys, mode).await {
-                Ok((proc, _, _)) => {
+            match spawn(&self.bin, self.addr, &self.keys, mode, self.protocol, self.control_addr).await {
+                Ok((proc, _)) => {
                     self.proc = Some(proc);
                     return Ok(());
                 }
@@ -180,9 +228,15 @@ async fn spawn(
     listen: SocketAddr,
     keys: &[TestKey],
     mode: Mode,
-) -> anyhow::Result<(Proc, SocketAddr, Vec<Pkh>)> {
+    protocol: Protocol,
+    control_listen: Option<SocketAddr>,
+) -> anyhow::Result<(Proc, ReadyLine)> {
     let mut cmd = Command::new(bin);
     cmd.arg("--listen").arg(listen.to_string());
+    cmd.arg("--protocol").arg(protocol.to_string());
+    if let Some(control) = control_listen {
+        cmd.arg("--control-listen").arg(control.to_string());
+    }
     for k in keys {
         match k.seed() {
             Some(seed) => cmd.arg("--seed").arg(hex::encode(seed)),
@@ -192,23 +246,72 @@ async fn spawn(
     cmd.arg("--mode").arg(mode.to_string());
     cmd.stderr(if verbose() { Stdio::inherit() } else { Stdio::null() });
     let (proc, line) = Proc::spawn("test-signer", cmd, READY_PREFIX, Duration::from_secs(10), None).await?;
-    let (addr, pkhs) = parse_ready_line(&line)?;
-    Ok((proc, addr, pkhs))
+    let ready = parse_ready_line(&line)?;
+    Ok((proc, ready))
 }
 
-/// Parse `test-signer listening on <addr> keys=<tz1…,…>`.
-pub fn parse_ready_line(line: &str) -> anyhow::Result<(SocketAddr, Vec<Pkh>)> {
+/// What `test-signer` prints once it listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReadyLine {
+    /// The protocol address.
+    pub addr: SocketAddr,
+    /// Its keys, in order.
+    pub pkhs: Vec<Pkh>,
+    /// The separate control address (`--control-listen`), if any.
+    pub control: Option<SocketAddr>,
+}
+
+/// Parse `test-signer listening on <addr> keys=<tz1…,…>[ control=<addr>]`.
+fn parse_ready_line(line: &str) -> anyhow::Result<ReadyLine> {
     let rest = line
         .strip_prefix(READY_PREFIX)
         .with_context(|| format!("not a ready line: {line:?}"))?;
-    let (addr, keys) = rest
+    let (addr, rest) = rest
         .split_once(" keys=")
         .with_context(|| format!("no keys= in {line:?}"))?;
     let addr = addr.parse().with_context(|| format!("address in {line:?}"))?;
+    let (keys, control) = match rest.split_once(" control=") {
+        Some((keys, control)) => (
+            keys,
+            Some(
+                control
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("control address in {line:?}"))?,
+            ),
+        ),
+        None => (rest, None),
+    };
     let pkhs = keys
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|s| s.trim().parse::<Pkh>().map_err(|e| anyhow::anyhow!("key {s:?}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((addr, pkhs))
+    Ok(ReadyLine { addr, pkhs, control })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_signer::key_from_seed;
+
+    #[test]
+    fn ready_lines_parse_with_and_without_control() {
+        let pkh = key_from_seed(1).pkh();
+        let plain = format!("{READY_PREFIX}127.0.0.1:4000 keys={pkh}");
+        assert_eq!(
+            parse_ready_line(&plain).unwrap(),
+            ReadyLine {
+                addr: "127.0.0.1:4000".parse().unwrap(),
+                pkhs: vec![pkh],
+                control: None,
+            }
+        );
+        let with = format!("{plain} control=127.0.0.1:4001");
+        let ready = parse_ready_line(&with).unwrap();
+        assert_eq!(ready.control, Some("127.0.0.1:4001".parse().unwrap()));
+        assert_eq!(ready.pkhs, vec![pkh]);
+        assert!(parse_ready_line(&format!("{plain} control=nowhere")).is_err());
+        assert!(parse_ready_line("test-signer listening on 127.0.0.1:4000").is_err());
+    }
 }

@@ -12,7 +12,7 @@ use signer_gateway::tezos::{self, BlsScheme, Pkh, PublicKey};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use crate::harness::{eventually, SignerControl};
+use crate::harness::{eventually, SignerControl, TestSignerProcess};
 use crate::test_signer::{
     bls_key_from_seed, key_from_seed, seed, Mode, Protocol, TestKey, TestSigner, TestSignerHandle, TestSignerOptions,
 };
@@ -424,4 +424,30 @@ async fn control_port_serves_control_only() {
     let c = crate::harness::Client::fresh_connections();
     let (code, _) = c.get(&format!("http://{control_addr}/authorized_keys")).await.unwrap();
     assert_eq!(code, http::StatusCode::NOT_FOUND);
+}
+
+/// The binary through the harness: socket protocol, control through its own port, and a
+/// restart keeping both ports. Needs a fresh `test-signer` (`cargo build -p testkit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_speaks_socket_and_is_controlled_on_its_control_port() {
+    let keys = [key_from_seed(4), bls_key_from_seed(4)];
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut p = TestSignerProcess::start_socket(any, &keys, Mode::Ok).await.unwrap();
+    assert_eq!(p.protocol(), Protocol::Socket);
+    assert_eq!(p.pkhs(), [keys[0].pkh(), keys[1].pkh()]);
+    let control_addr = p.control_addr().expect("a control port");
+    assert_ne!(control_addr, p.addr());
+
+    let mut conn = connect(p.addr()).await;
+    let request = sign(keys[1].pkh(), Some(SignatureVersion::V1), DATA);
+    assert_signed(&keys[1], call(&mut conn, &request).await, DATA, BlsScheme::Augmented);
+    let st = p.stats().await.unwrap();
+    assert_eq!((st.signs, st.last_query.as_deref()), (1, Some("version=1")));
+
+    p.restart(Mode::FailSign).await.unwrap();
+    assert_eq!(p.control_addr(), Some(control_addr));
+    let mut conn = connect(p.addr()).await;
+    assert_eq!(error_messages(call(&mut conn, &request).await), ["injected failure"]);
+    p.set_mode(Mode::Ok).await.unwrap();
+    assert_signed(&keys[1], call(&mut conn, &request).await, DATA, BlsScheme::Augmented);
 }
