@@ -38,6 +38,10 @@ pub struct Config {
     /// The local signer (octez-signer) that forwarded channels are connected to.
     #[serde(default = "default_signer")]
     pub signer: String,
+    /// The protocol `signer` speaks. Only the health probe depends on it: forwarded channels
+    /// carry bytes either way, so the gateway must speak the same protocol to this signer.
+    #[serde(default)]
+    pub signer_protocol: SignerProtocol,
     /// Address and port named in the remote-forward request (`ssh -R` semantics). The
     /// gateway binds nothing; an OpenSSH server binds this port on its side.
     #[serde(default = "default_remote_forward")]
@@ -130,12 +134,25 @@ impl Default for BackoffConfig {
     }
 }
 
+/// The wire protocol of the local signer, which decides how it is probed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignerProtocol {
+    /// octez-signer's HTTP API: the probe is a `GET` of `health_check.path`.
+    #[default]
+    Http,
+    /// octez's binary socket protocol (`octez-signer launch socket signer`, Russignol): the
+    /// probe is an authorized-keys request, the one octez's client sends before every sign.
+    Socket,
+}
+
 /// Local signer probing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Path probed with GET (default `/authorized_keys`; Pi images also use
-    /// `/statusz/<pkh>?ledger_url=…`).
+    /// `/statusz/<pkh>?ledger_url=…`). HTTP only: a socket signer has no paths, so setting
+    /// another path with `signer_protocol: socket` is refused rather than silently ignored.
     #[serde(default = "default_health_path")]
     pub path: String,
     /// Time between probes (default 1s).
@@ -399,6 +416,12 @@ impl Config {
         if !self.health_check.path.starts_with('/') {
             return Err(invalid("health_check.path", "must start with '/'"));
         }
+        if self.signer_protocol == SignerProtocol::Socket && self.health_check.path != default_health_path() {
+            return Err(invalid(
+                "health_check.path",
+                "not used with signer_protocol: socket (the probe asks for the signer's authorized keys); remove it",
+            ));
+        }
         if self.health_check.fall == 0 || self.health_check.rise == 0 {
             return Err(invalid("health_check", "fall and rise must be at least 1"));
         }
@@ -611,6 +634,35 @@ mod tests {
             let e = err(text);
             assert!(e.contains(field), "{field} not named in: {e}");
         }
+    }
+
+    #[test]
+    fn signer_protocol() {
+        let base = "gateways: ['gw:1']\nhost_key: 'SHA256:a'\nidentity: /k\n";
+        let s = Config::parse(base).unwrap();
+        assert_eq!(s.config.signer_protocol, SignerProtocol::Http, "the default");
+        let s = Config::parse(&format!("{base}signer: 169.254.1.1:7732\nsigner_protocol: socket\n")).unwrap();
+        assert_eq!(s.config.signer_protocol, SignerProtocol::Socket);
+        // The default path, even spelled out, is harmless with socket; any other is a mistake.
+        let s = Config::parse(&format!(
+            "{base}signer_protocol: socket\nhealth_check: {{path: /authorized_keys, interval: 2s}}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.config.health_check.interval, Duration::from_secs(2));
+        let e = err(&format!(
+            "{base}signer_protocol: socket\nhealth_check: {{path: /statusz/tz1x}}\n"
+        ));
+        assert!(e.contains("health_check.path") && e.contains("socket"), "{e}");
+        let s = Config::parse(&format!(
+            "{base}signer_protocol: http\nhealth_check: {{path: /statusz/tz1x}}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.config.health_check.path, "/statusz/tz1x");
+        let e = err(&format!("{base}signer_protocol: tcp\n"));
+        assert!(
+            e.contains("signer_protocol: tcp") && e.contains("expected one of http, socket"),
+            "{e}"
+        );
     }
 
     #[test]

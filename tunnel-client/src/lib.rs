@@ -11,7 +11,8 @@
 //! - [`link`]: the seam between a supervisor and the network (open a session, its life).
 //! - [`session`]: one SSH session (dial over an uplink, verify, authenticate, forward, serve),
 //!   and the production [`link::Connector`].
-//! - [`probe`]: the local signer health probe, and the one task that tracks it for everyone.
+//! - [`probe`]: the local signer health probe, in its protocol (HTTP, or octez's socket
+//!   protocol), and the one task that tracks it for everyone.
 //! - [`status`]: each replica's state and the systemd STATUS line.
 //! - [`notify`]: systemd notifications and the watchdog.
 //! - [`keys`]: identity key loading and generation.

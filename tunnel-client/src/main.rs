@@ -145,10 +145,11 @@ async fn check(
 ) -> ExitCode {
     let cfg = &settings.config;
     println!("identity {} ({})", cfg.identity.display(), keys::fingerprint(&key));
-    let local = probe::probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout).await;
+    let local = probe::probe(cfg).await;
+    let asked = probe::describe(cfg);
     match &local {
-        Ok(()) => println!("ok   local signer {} answers GET {}", cfg.signer, cfg.health_check.path),
-        Err(e) => println!("FAIL local signer {} GET {}: {e}", cfg.signer, cfg.health_check.path),
+        Ok(()) => println!("ok   local signer {} answers {asked}", cfg.signer),
+        Err(e) => println!("FAIL local signer {} {asked}: {e}", cfg.signer),
     }
     if forward {
         println!("note: --forward takes the route over from a running signer-tunnel for a moment");

@@ -1,9 +1,10 @@
-//! Probing the local signer: is it answering HTTP on the configured path? One task probes
-//! it for every supervisor ([`track`]): one probe per interval however many gateway replicas,
-//! and one verdict, so every replica withdraws and restores its forward at the same moment.
+//! Probing the local signer in its own protocol ([`probe`]): a `GET` of the configured path
+//! for an HTTP signer, an authorized-keys request for a socket signer ([`socket`]). One task
+//! probes it for every supervisor ([`track`]): one probe per interval however many gateway
+//! replicas, and one verdict, so every replica withdraws and restores its forward at the same
+//! moment.
 
 use std::future::Future;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -12,7 +13,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::HealthCheckConfig;
+use crate::config::{Config, HealthCheckConfig, SignerProtocol};
+
+mod socket;
 
 /// Probe every `hc.interval` (the first one an interval from now: the caller probed once to
 /// start `healthy`), and publish the verdict: down after `hc.fall` failures in a row, up again
@@ -46,14 +49,31 @@ where
     }
 }
 
-/// GET `path` on the signer at `addr`; Ok when it answers 2xx within `timeout`.
-pub async fn probe(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
-    tokio::time::timeout(timeout, probe_once(addr, path))
+/// Probe the local signer once, in `cfg.signer_protocol`, within `health_check.timeout`; the
+/// error is the reason it does not count as answering.
+pub async fn probe(cfg: &Config) -> Result<(), String> {
+    let timeout = cfg.health_check.timeout;
+    let once = async {
+        match cfg.signer_protocol {
+            SignerProtocol::Http => http(&cfg.signer, &cfg.health_check.path).await,
+            SignerProtocol::Socket => socket::probe(&cfg.signer).await,
+        }
+    };
+    tokio::time::timeout(timeout, once)
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
-async fn probe_once(addr: &str, path: &str) -> Result<(), String> {
+/// What [`probe`] asks, for people: `GET /authorized_keys`.
+pub fn describe(cfg: &Config) -> String {
+    match cfg.signer_protocol {
+        SignerProtocol::Http => format!("GET {}", cfg.health_check.path),
+        SignerProtocol::Socket => "the socket protocol's authorized-keys request".into(),
+    }
+}
+
+/// GET `path` on the signer at `addr`; Ok when it answers 2xx.
+async fn http(addr: &str, path: &str) -> Result<(), String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
@@ -79,6 +99,7 @@ async fn probe_once(addr: &str, path: &str) -> Result<(), String> {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
 

@@ -95,10 +95,7 @@ pub async fn run(settings: Settings, key: Arc<PrivateKey>, shutdown: Cancellatio
     let local = Arc::clone(&settings);
     let probe_local = move || {
         let local = Arc::clone(&local);
-        async move {
-            let cfg = &local.config;
-            probe(&cfg.signer, &cfg.health_check.path, cfg.health_check.timeout).await
-        }
+        async move { probe(&local.config).await }
     };
     run_with(settings, board, connectors, probe_local, shutdown).await
 }
