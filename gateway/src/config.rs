@@ -936,7 +936,8 @@ impl Config {
                     return Err(invalid(field, "must be greater than zero"));
                 }
             }
-            if [self.api.listen, self.admin.listen].contains(&sock.listen) {
+            // Port 0 picks a free port for each: only fixed ports can collide.
+            if sock.listen.port() != 0 && [self.api.listen, self.admin.listen].contains(&sock.listen) {
                 return Err(invalid(
                     "socket_api.listen",
                     "must differ from api.listen and admin.listen",

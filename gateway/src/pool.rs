@@ -632,7 +632,11 @@ impl Pool {
                             _ = cancel.cancelled() => return,
                             _ = tick.tick() => {}
                         }
-                        pool.probe(&signer).await;
+                        // A probe of a slow signer must not hold up the stop.
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = pool.probe(&signer) => {}
+                        }
                     }
                 }
                 .instrument(span),

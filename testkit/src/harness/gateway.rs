@@ -348,6 +348,8 @@ pub struct GatewayConfig {
     /// Serve the socket-protocol front end (`socket_api`) on a loopback port of its own
     /// ([`Gateway::socket_addr`]).
     pub socket_api: bool,
+    /// `socket_api.frame_timeout`, when not the default.
+    pub socket_frame_timeout: Option<String>,
 }
 
 /// `watermark.etcd` of a [`GatewayConfig`].
@@ -392,6 +394,7 @@ impl GatewayConfig {
             shutdown_grace: "5s".to_string(),
             socket_signers: Vec::new(),
             socket_api: false,
+            socket_frame_timeout: None,
         }
     }
 
@@ -435,6 +438,9 @@ impl GatewayConfig {
         }
         if self.socket_api {
             y.push_str("socket_api:\n  listen: 127.0.0.1:0\n");
+            if let Some(t) = &self.socket_frame_timeout {
+                let _ = writeln!(y, "  frame_timeout: {t}");
+            }
         }
         let _ = write!(
             y,
