@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use testkit::fault_proxy::ProxyMode;
 use testkit::harness::{attestation, eventually, Gateway, TEST_CHAIN};
 use testkit::ssh_client::SshKey;
-use testkit::test_signer::Mode;
+use testkit::test_signer::{Mode, Protocol};
 use testkit::traffic::{Served, Traffic};
 use testkit::tunnel_harness::{run_to_end, target_dir, tunnel_command, Finished, TunnelClient};
 use testkit::tunnel_rig::{
@@ -446,6 +446,48 @@ testkit::rig_test!(with start;
     starts_without_forward_while_local_signer_down,
     starts_without_forward_while_local_signer_down_body
 );
+
+/// The rig of [`start`] with `pi`'s signer speaking octez's socket protocol (as a Russignol
+/// does), declared `protocol: socket` at the gateway and `signer_protocol: socket` at
+/// `signer-tunnel`; `backup` still speaks HTTP.
+async fn start_socket() -> anyhow::Result<TunnelRig> {
+    TunnelRig::start(RigOptions {
+        pi: PiKind::Process,
+        proxy: true,
+        timing: GatewayTiming {
+            request_timeout: Some(REQUEST_TIMEOUT),
+            keepalive: Some((GW_KEEPALIVE_INTERVAL, GW_KEEPALIVE_MAX)),
+            ..GatewayTiming::fast()
+        },
+        pi_protocol: Protocol::Socket,
+        ..RigOptions::new("tunnel-socket-")
+    })
+    .await
+}
+
+testkit::rig_test!(with start_socket;
+    /// A socket-protocol signer behind a real tunnel: signatures flow through it; when it
+    /// dies, `signer-tunnel`'s socket health check withdraws the forward and the HTTP backup
+    /// serves every request at once; when it returns, it serves again. Then the HTTP backup
+    /// dies and the socket signer alone serves, so failover works both ways.
+    a_socket_signer_behind_the_tunnel,
+    a_socket_signer_behind_the_tunnel_body
+);
+
+async fn a_socket_signer_behind_the_tunnel_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
+    // Killed and restarted, with the probe speaking the socket protocol.
+    local_signer_down_withdraws_and_resumes_body(rig).await?;
+    let status = rig.gw.status().await?;
+    anyhow::ensure!(status["signers"][0]["protocol"] == "socket", "{status}");
+    let stats = rig.pi.stats().await?;
+    anyhow::ensure!(stats.signs >= 1, "the socket signer signed nothing: {stats:?}");
+    // The HTTP backup fails: the socket signer serves alone.
+    rig.backup.set_mode(Mode::Fail);
+    for _ in 0..3 {
+        rig.sign_ok_by(Served::Pi).await?;
+    }
+    Ok(())
+}
 
 async fn starts_without_forward_while_local_signer_down_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     rig.pi.kill()?;

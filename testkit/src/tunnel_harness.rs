@@ -114,6 +114,8 @@ pub struct TunnelConfig {
     pub health_fall: u32,
     /// `health_check.rise`.
     pub health_rise: u32,
+    /// `signer_protocol: socket`: the local signer speaks octez's socket protocol.
+    pub socket_signer: bool,
 }
 
 impl TunnelConfig {
@@ -141,6 +143,7 @@ impl TunnelConfig {
             health_timeout: Duration::from_millis(500),
             health_fall: 2,
             health_rise: 1,
+            socket_signer: false,
         }
     }
 
@@ -194,6 +197,9 @@ impl TunnelConfig {
             self.identity.display(),
             self.signer,
         );
+        if self.socket_signer {
+            y.push_str("signer_protocol: socket\n");
+        }
         if !self.uplinks.is_empty() {
             let _ = writeln!(
                 y,

@@ -29,7 +29,7 @@ use tempfile::TempDir;
 use crate::fault_proxy::{FaultProxy, ProxyOptions};
 use crate::harness::{attestation, eventually, Client, Gateway, TestSignerProcess, TEST_CHAIN};
 use crate::ssh_client::{SshClient, SshKey, ALLOCATED};
-use crate::test_signer::{seed, Mode, Stats, TestSigner, TestSignerHandle, TestSignerOptions};
+use crate::test_signer::{seed, Mode, Protocol, Stats, TestKey, TestSigner, TestSignerHandle, TestSignerOptions};
 use crate::traffic::{Served, Signed, Traffic};
 use crate::tunnel_harness::{TunnelClient, TunnelConfig};
 
@@ -149,6 +149,9 @@ pub struct RigOptions {
     pub proxy: bool,
     /// The gateway's timing.
     pub timing: GatewayTiming,
+    /// The protocol `pi`'s signer speaks (the gateway and `signer-tunnel` are configured to
+    /// match); `backup` always speaks HTTP.
+    pub pi_protocol: Protocol,
 }
 
 impl RigOptions {
@@ -161,6 +164,7 @@ impl RigOptions {
             store: Store::File,
             proxy: false,
             timing: GatewayTiming::fast(),
+            pi_protocol: Protocol::Http,
         }
     }
 
@@ -190,10 +194,11 @@ impl RigOptions {
                 let _ = writeln!(y, "  {name}: {}", ms(v));
             }
         }
-        let _ = write!(
-            y,
-            "signers:\n  - name: pi\n    tunnel: {{keys: [\"{pi_key}\"]}}\n  - name: backup\n    address: {backup}\n"
-        );
+        let _ = write!(y, "signers:\n  - name: pi\n    tunnel: {{keys: [\"{pi_key}\"]}}\n");
+        if self.pi_protocol == Protocol::Socket {
+            y.push_str("    protocol: socket\n");
+        }
+        let _ = writeln!(y, "  - name: backup\n    address: {backup}");
         if let Some(d) = t.request_timeout {
             let _ = writeln!(y, "request_timeout: {}", ms(d));
         }
@@ -298,8 +303,20 @@ impl TunnelRig {
         let dir = tempfile::Builder::new().prefix(options.name).tempdir()?;
         let key = SshKey::generate(dir.path(), "pi_ed25519")?;
         let pi = match options.pi {
-            PiKind::InProcess => PiSigner::InProcess(TestSigner::spawn(signer_options(&options)).await?),
-            PiKind::Process => PiSigner::Process(Box::new(TestSignerProcess::start(&options.seeds, Mode::Ok).await?)),
+            PiKind::InProcess => PiSigner::InProcess(
+                TestSigner::spawn(TestSignerOptions {
+                    protocol: options.pi_protocol,
+                    ..signer_options(&options)
+                })
+                .await?,
+            ),
+            PiKind::Process => {
+                let keys: Vec<TestKey> = options.seeds.iter().map(|s| TestKey::from_seed(*s)).collect();
+                let any = SocketAddr::from(([127, 0, 0, 1], 0));
+                PiSigner::Process(Box::new(
+                    TestSignerProcess::start_protocol(options.pi_protocol, any, &keys, Mode::Ok).await?,
+                ))
+            }
         };
         let backup = TestSigner::spawn(signer_options(&options))
             .await
@@ -371,12 +388,18 @@ impl TunnelRig {
     /// A test-fast `signer-tunnel` config ([`TunnelConfig::new`]) to [`TunnelRig::client_target`],
     /// pinning the real host key, with the listed key.
     pub fn tunnel_config(&self) -> TunnelConfig {
-        TunnelConfig::new(self.client_target(), &self.host_key, &self.key.private, self.pi.addr())
+        TunnelConfig {
+            socket_signer: self.options.pi_protocol == Protocol::Socket,
+            ..TunnelConfig::new(self.client_target(), &self.host_key, &self.key.private, self.pi.addr())
+        }
     }
 
     /// As [`TunnelRig::tunnel_config`] with what a Pi runs ([`TunnelConfig::production`]).
     pub fn production_tunnel_config(&self) -> TunnelConfig {
-        TunnelConfig::production(self.client_target(), &self.host_key, &self.key.private, self.pi.addr())
+        TunnelConfig {
+            socket_signer: self.options.pi_protocol == Protocol::Socket,
+            ..TunnelConfig::production(self.client_target(), &self.host_key, &self.key.private, self.pi.addr())
+        }
     }
 
     /// Start `signer-tunnel run` with `config` in the rig's dir (the previous client, if any,
