@@ -327,6 +327,7 @@ fn gateway_base() -> Y {
             Y::List(vec![map(&[("name", raw("a")), ("address", raw("'h:1'"))])]),
         ),
         ("ssh", map(&[("host_key", raw("/nonexistent/zz-docs-test/host_key"))])),
+        ("socket_api", map(&[("listen", raw("'127.0.0.1:7732'"))])),
         ("policy", map(&[("keys", map(&[(ENTRY_KEY, map(&[]))]))])),
     ])
 }
