@@ -56,7 +56,7 @@ pub struct Metrics {
     pub signer_queue_full: IntCounterVec,
     /// Requests on the socket-protocol listener by request kind (`sign`, `public_key`,
     /// `authorized_keys`…) and result (`ok`, or `error` for an error answer), plus kind `undecodable`
-    /// for requests that do not decode (the connection is closed, as octez does).
+    /// for requests that do not decode (answered with an error, then the connection is closed).
     pub socket_requests: IntCounterVec,
     /// The watermark store's own operations.
     pub store: StoreMetrics,

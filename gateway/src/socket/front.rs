@@ -3,10 +3,12 @@
 //! failover, verification. Off unless `socket_api` is configured.
 //!
 //! Like octez's socket daemon (`src/bin_signer/socket_daemon.ml`), a connection serves
-//! requests one after the other until the client closes it, and a request that does not
-//! decode ends the connection without an answer (there is no way to say which request an
-//! answer is for). Everything else is answered: a refusal is an error trace whose entry
-//! carries the same `kind`, `id` and `msg` as the HTTP API's trace for it.
+//! requests one after the other until the client closes it. Every whole frame is answered: a
+//! refusal is an error trace whose entry carries the same `kind`, `id` and `msg` as the HTTP
+//! API's trace for it. A frame whose request does not decode gets one too (octez closes without
+//! a word; an error answer reads the same whatever was asked, so a client learns why), and the
+//! connection is then closed: a client that sends what it does not mean is not trusted with
+//! more. A frame cut short or too slow is closed on, having nothing to answer.
 //!
 //! Limits: `max_connections` at once (more wait in the kernel's backlog), a per-source cap
 //! (more are closed on accept), `idle_timeout` between requests, `frame_timeout` for one
@@ -150,11 +152,19 @@ impl Front {
             let request = match decode_request(&frame) {
                 Ok(r) => r,
                 Err(e) => {
-                    debug!(error = %e, "socket api: undecodable request: closed without an answer");
+                    debug!(error = %e, "socket api: undecodable request: answered, then closed");
                     self.metrics
                         .socket_requests
                         .with_label_values(&["undecodable", "error"])
                         .inc();
+                    let answer = error(
+                        "permanent",
+                        "signer_gateway.bad_request",
+                        &format!("undecodable request: {e}"),
+                    );
+                    if let Ok(bytes) = encode_response(&answer) {
+                        let _ = tokio::time::timeout(self.cfg.frame_timeout, write_frame(&mut stream, &bytes)).await;
+                    }
                     return;
                 }
             };

@@ -566,9 +566,11 @@ mod tests {
             get(&client, &net, "/authorized_keys").await.unwrap_err(),
             AttemptFailure::Connect
         );
-        // Cut mid-answer, an oversized or unknown tag, trailing bytes.
+        // Cut mid-answer, a length announcing far more than comes, an unknown tag, trailing
+        // bytes.
         for bytes in [
             &b"\x00\x05\x00\x00"[..],
+            &b"\xff\xff\x00"[..],
             &b"\x00\x01\x07"[..],
             &b"\x00\x03\x00\x00\x00"[..],
         ] {
