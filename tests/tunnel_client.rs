@@ -59,7 +59,12 @@ fn ip(last: u8) -> IpAddr {
 /// TCP, and the proxy in front of the gateway's SSH port, which connects from each client's own
 /// address (so `/status` peers name the client's "uplink"). No tunnel client yet.
 async fn start() -> anyhow::Result<TunnelRig> {
-    TunnelRig::start(RigOptions {
+    TunnelRig::start(options("tunnel-client-")).await
+}
+
+/// The options of [`start`], in a temp dir prefixed `name`.
+fn options(name: &'static str) -> RigOptions {
+    RigOptions {
         pi: PiKind::Process,
         proxy: true,
         timing: GatewayTiming {
@@ -67,9 +72,8 @@ async fn start() -> anyhow::Result<TunnelRig> {
             keepalive: Some((GW_KEEPALIVE_INTERVAL, GW_KEEPALIVE_MAX)),
             ..GatewayTiming::fast()
         },
-        ..RigOptions::new("tunnel-client-")
-    })
-    .await
+        ..RigOptions::new(name)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,15 +456,8 @@ testkit::rig_test!(with start;
 /// `signer-tunnel`; `backup` still speaks HTTP.
 async fn start_socket() -> anyhow::Result<TunnelRig> {
     TunnelRig::start(RigOptions {
-        pi: PiKind::Process,
-        proxy: true,
-        timing: GatewayTiming {
-            request_timeout: Some(REQUEST_TIMEOUT),
-            keepalive: Some((GW_KEEPALIVE_INTERVAL, GW_KEEPALIVE_MAX)),
-            ..GatewayTiming::fast()
-        },
         pi_protocol: Protocol::Socket,
-        ..RigOptions::new("tunnel-socket-")
+        ..options("tunnel-socket-")
     })
     .await
 }

@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -70,6 +71,49 @@ impl Limits {
     }
 }
 
+/// Accepts connections within a cap on those open at once, backing off when `accept` fails.
+pub struct Acceptor {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    backoff: Duration,
+}
+
+impl Acceptor {
+    /// At most `max_connections` accepted connections open at once (each holds a permit).
+    pub fn new(listener: TcpListener, max_connections: usize) -> Acceptor {
+        Acceptor {
+            listener,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    /// The next connection with its permit, once a permit is free; `None` once `cancel` fires.
+    pub async fn next(&mut self, cancel: &CancellationToken) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            p = Arc::clone(&self.permits).acquire_owned() => p.ok()?,
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        self.backoff = Duration::from_millis(10);
+                        return Some((permit, stream, peer));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// Accept connections on `listener` until `cancel` fires, serving each with `handler` under
 /// `graceful` (so shutdown can wait for in-flight requests), within `limits`.
 pub async fn serve<H, Fut>(
@@ -83,30 +127,12 @@ pub async fn serve<H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut accept = Acceptor::new(listener, limits.max_connections);
     let sources = Arc::new(SourceCounts::default());
     let refusals_log = Arc::new(LogLimiter::default());
-    let mut backoff = Duration::from_millis(10);
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => { backoff = Duration::from_millis(10); a }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
+        let Some((permit, stream, peer)) = accept.next(&cancel).await else {
+            return;
         };
         let refuse = |reason: &'static str| {
             metrics.http_refused.with_label_values(&[limits.port, reason]).inc();

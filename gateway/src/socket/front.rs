@@ -20,7 +20,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -32,6 +31,7 @@ use super::{
 use crate::config::SocketApiConfig;
 use crate::limits::{LogLimiter, SourceCounts};
 use crate::metrics::Metrics;
+use crate::server::Acceptor;
 use crate::signing::{SignError, Signing};
 use crate::tezos::{self, Pkh, PublicKey};
 
@@ -58,30 +58,12 @@ impl Front {
         cancel: CancellationToken,
         hard: CancellationToken,
     ) {
-        let permits = Arc::new(Semaphore::new(self.cfg.max_connections));
+        let mut accept = Acceptor::new(listener, self.cfg.max_connections);
         let sources = Arc::new(SourceCounts::default());
         let refusals_log = Arc::new(LogLimiter::default());
-        let mut backoff = std::time::Duration::from_millis(10);
         loop {
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = Arc::clone(&permits).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => { backoff = std::time::Duration::from_millis(10); a }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "socket api: accept failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                        continue;
-                    }
-                },
+            let Some((permit, stream, peer)) = accept.next(&cancel).await else {
+                return;
             };
             let Some(source) = sources.enter(peer.ip(), self.cfg.max_connections_per_source) else {
                 // The protocol has no way to say why before a request: closed at once.
