@@ -12,6 +12,19 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+/// A signer's wire protocol, in both programs' configs: the gateway speaks it to the signer,
+/// `signer-tunnel` probes the local signer in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignerProtocol {
+    /// octez-signer's HTTP protocol.
+    #[default]
+    Http,
+    /// octez's binary socket protocol (`octez-signer launch socket signer`, a Russignol;
+    /// `tcp://` key URIs).
+    Socket,
+}
+
 /// EX_USAGE: the configuration is wrong; restarting will not help (systemd units use
 /// `RestartPreventExitStatus=64`).
 pub const EXIT_CONFIG: u8 = 64;

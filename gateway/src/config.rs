@@ -431,16 +431,7 @@ pub struct SignerConfig {
     pub protocol: SignerProtocol,
 }
 
-/// The wire protocol of one signer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SignerProtocol {
-    /// octez-signer's HTTP protocol.
-    #[default]
-    Http,
-    /// octez's binary socket protocol (`tcp://` key URIs).
-    Socket,
-}
+pub use signer_common::SignerProtocol;
 
 /// A tunnel signer's identity.
 #[derive(Debug, Clone, Deserialize)]

@@ -134,17 +134,10 @@ impl Default for BackoffConfig {
     }
 }
 
-/// The wire protocol of the local signer, which decides how it is probed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SignerProtocol {
-    /// octez-signer's HTTP API: the probe is a `GET` of `health_check.path`.
-    #[default]
-    Http,
-    /// octez's binary socket protocol (`octez-signer launch socket signer`, Russignol): the
-    /// probe is an authorized-keys request, the one octez's client sends before every sign.
-    Socket,
-}
+/// The local signer's wire protocol, which decides how it is probed: HTTP is a `GET` of
+/// `health_check.path`; socket the authorized-keys request octez's client sends before every
+/// sign.
+pub use signer_common::SignerProtocol;
 
 /// Local signer probing.
 #[derive(Debug, Clone, Deserialize)]
