@@ -5,7 +5,15 @@
 //! Scenarios: {direct to the test signer, gateway + memory store, gateway + file store, gateway +
 //! etcd store on one member, on three members} × {1 client, 16 clients over 16 distinct keys}. Each client task owns one keep-alive
 //! connection and one key, and sends attestations at strictly increasing levels, one request
-//! at a time. Per scenario: requests/s, p50, p99, errors (any error fails the run), and the
+//! at a time.
+//!
+//! octez's socket protocol (issue 14), against the HTTP figures of the same run: a second test
+//! signer, the same keys, speaking the socket protocol (`direct-socket`: the load generator
+//! speaks it to that signer directly, one kept connection per client; `socket`: the gateway with
+//! the memory store in front of it, `protocol: socket`, otherwise the `memory` scenario), and
+//! the gateway's socket front end (`socket-api`: clients speak the socket protocol to the
+//! gateway's `socket_api`, memory store, in front of the HTTP test signer). The report compares
+//! each with its HTTP counterpart (`direct`, `memory`). Per scenario: requests/s, p50, p99, errors (any error fails the run), and the
 //! CPU time each group of threads used. The raw durable write (temp file, fsync, rename,
 //! directory fsync: the gateway's own `durable_write`) is timed in the same directory tree just
 //! before the file-store scenarios and again at the end, and the targets are checked:
@@ -30,15 +38,16 @@
 //! from /proc and a busy load generator does not steal the gateway's workers inside one
 //! scheduler. They still share the machine's cores, as the OS schedules them.
 //!
-//! Run: `cargo bench --bench e2e_load` (the whole run takes about 30 s with the defaults).
+//! Run: `cargo bench --bench e2e_load` (the whole run took 69 s with the defaults on a quiet
+//! 2-core machine, etcd included).
 //!
 //! Options (flag or environment variable; flags win):
 //! - `--secs <s>` / `E2E_LOAD_SECS`: measured seconds per scenario (default 3)
 //! - `--warmup <n>` / `E2E_LOAD_WARMUP`: requests discarded per scenario before measuring,
 //!   spread over its clients, at least 20 per client (default 100)
 //! - `--clients <list>` / `E2E_LOAD_CLIENTS`: client counts, comma separated (default `1,16`)
-//! - `--targets <list>` / `E2E_LOAD_TARGETS`: any of `direct,memory,file,etcd1,etcd3` (default
-//!   all five)
+//! - `--targets <list>` / `E2E_LOAD_TARGETS`: any of
+//!   `direct,direct-socket,memory,socket,socket-api,file,etcd1,etcd3` (default all eight)
 //! - `--partition-runs <n>` / `E2E_LOAD_PARTITION_RUNS`: partition runs on etcd3 (default 3)
 //! - `--writes <n>` / `E2E_LOAD_WRITES`: raw durable writes timed, before and again after the
 //!   file-store scenarios (default 200 each)
@@ -58,13 +67,13 @@ use signer_gateway::config::Config;
 use signer_gateway::Gateway;
 use testkit::etcd::EtcdCluster;
 use testkit::fault_proxy::FaultProxy;
-use testkit::test_signer::{seed, Mode, TestSigner, TestSignerOptions};
+use testkit::test_signer::{seed, Mode, Protocol, TestSigner, TestSignerOptions};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::etcd;
-use common::load::{self, GatewayHistograms, Pace, Window};
+use common::load::{self, GatewayHistograms, Pace, Window, Wire};
 use common::procfs::{busy_before_start, cores, schedstat_ns, MachineCpu};
 use common::report::{diff_ns, ms, secs, signed_ms, verdict};
 use common::stats::Latencies;
@@ -154,24 +163,15 @@ impl Opts {
                 .collect::<Result<Vec<_>, _>>()?,
         };
         let targets = match vals.get("targets") {
-            None => vec![
-                Target::Direct,
-                Target::Memory,
-                Target::File,
-                Target::Etcd1,
-                Target::Etcd3,
-            ],
+            None => Target::ALL.to_vec(),
             Some(v) => v
                 .split(',')
-                .map(|t| match t.trim() {
-                    "direct" => Ok(Target::Direct),
-                    "memory" => Ok(Target::Memory),
-                    "file" => Ok(Target::File),
-                    "etcd1" => Ok(Target::Etcd1),
-                    "etcd3" => Ok(Target::Etcd3),
-                    other => Err(format!(
-                        "targets: {other:?} is not direct, memory, file, etcd1 or etcd3"
-                    )),
+                .map(|t| {
+                    let t = t.trim();
+                    Target::ALL.into_iter().find(|c| c.name() == t).ok_or_else(|| {
+                        let names: Vec<&str> = Target::ALL.iter().map(|c| c.name()).collect();
+                        format!("targets: {t:?} is not one of {}", names.join(", "))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
@@ -203,22 +203,73 @@ impl Opts {
 /// Who answers the clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
+    /// Clients → the HTTP test signer.
     Direct,
+    /// Socket clients → the socket test signer.
+    DirectSocket,
+    /// Clients → gateway (memory store) → the HTTP test signer.
     Memory,
+    /// Clients → gateway (memory store) → the socket test signer: `Memory` but for the signer's
+    /// protocol.
+    Socket,
+    /// Socket clients → the gateway's socket front end (memory store) → the HTTP test signer.
+    SocketApi,
     File,
     Etcd1,
     Etcd3,
 }
 
 impl Target {
+    /// Every target, in the order the default run takes them.
+    const ALL: [Target; 8] = [
+        Target::Direct,
+        Target::DirectSocket,
+        Target::Memory,
+        Target::Socket,
+        Target::SocketApi,
+        Target::File,
+        Target::Etcd1,
+        Target::Etcd3,
+    ];
+
+    /// Its name in `--targets`.
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::DirectSocket => "direct-socket",
+            Target::Memory => "memory",
+            Target::Socket => "socket",
+            Target::SocketApi => "socket-api",
+            Target::File => "file",
+            Target::Etcd1 => "etcd1",
+            Target::Etcd3 => "etcd3",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Target::Direct => "direct to test signer",
+            Target::DirectSocket => "direct to socket signer",
             Target::Memory => "gateway + memory store",
+            Target::Socket => "gateway + socket signer",
+            Target::SocketApi => "gateway via socket API",
             Target::File => "gateway + file store",
             Target::Etcd1 => "gateway + etcd, 1 member",
             Target::Etcd3 => "gateway + etcd, 3 members",
         }
+    }
+
+    /// What the load generator speaks to it.
+    fn wire(self) -> Wire {
+        match self {
+            Target::DirectSocket | Target::SocketApi => Wire::Socket,
+            _ => Wire::Http,
+        }
+    }
+
+    /// Whether it needs the socket test signer.
+    fn socket_signer(self) -> bool {
+        matches!(self, Target::DirectSocket | Target::Socket)
     }
 
     /// Members of its etcd cluster (0: not on etcd).
@@ -335,15 +386,17 @@ struct Measured {
     means: (Option<Duration>, Option<Duration>),
 }
 
-/// Drive one client per key of `pkhs` against `api` and measure one window.
+/// Drive one client per key of `pkhs`, speaking `wire`, against `api` and measure one window.
 async fn drive(
+    wire: Wire,
     api: SocketAddr,
     admin: Option<SocketAddr>,
     renames: Option<&RenameCounter>,
     pkhs: &[String],
     opts: &Opts,
 ) -> anyhow::Result<Measured> {
-    let running = load::start(
+    let running = load::start_on(
+        wire,
         api,
         pkhs,
         opts.warmup,
@@ -392,11 +445,18 @@ fn gateway_yaml(signer: SocketAddr, target: Target, store_dir: &Path, etcd: &[St
         Target::Etcd1 | Target::Etcd3 => etcd::watermark_yaml(etcd, &format!("/{}/", store_dir.display())),
         _ => "{backend: memory}".to_owned(),
     };
+    let protocol = if target == Target::Socket { "socket" } else { "http" };
+    let socket_api = if target == Target::SocketApi {
+        "socket_api: {listen: 127.0.0.1:0}\n"
+    } else {
+        ""
+    };
     format!(
         "api: {{listen: 127.0.0.1:0}}\n\
          admin: {{listen: 127.0.0.1:0}}\n\
+         {socket_api}\
          watermark: {watermark}\n\
-         signers:\n  - {{name: primary, address: \"{signer}\"}}\n\
+         signers:\n  - {{name: primary, address: \"{signer}\", protocol: {protocol}}}\n\
          request_timeout: 2s\n\
          health_check: {{interval: 1s}}\n\
          shutdown_grace: 1s\n"
@@ -408,6 +468,8 @@ struct Env<'a> {
     load_rt: &'a Runtime,
     gateway_rt: &'a Runtime,
     signer_addr: SocketAddr,
+    /// The socket test signer, when a target needs it.
+    socket_signer_addr: Option<SocketAddr>,
     pkhs: &'a [String],
     work: &'a Path,
     /// Client URLs of the etcd cluster, for the etcd targets.
@@ -417,10 +479,16 @@ struct Env<'a> {
 fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> anyhow::Result<Outcome> {
     let pkhs = &env.pkhs[..clients];
     let store_dir = env.work.join(format!("wm-{clients}"));
-    let (measured, state_bytes) = if target == Target::Direct {
+    let signer = if target.socket_signer() {
+        env.socket_signer_addr
+            .ok_or_else(|| anyhow::anyhow!("{}: no socket test signer", target.label()))?
+    } else {
+        env.signer_addr
+    };
+    let (measured, state_bytes) = if matches!(target, Target::Direct | Target::DirectSocket) {
         (
             env.load_rt
-                .block_on(drive(env.signer_addr, None, None, pkhs, env.opts))?,
+                .block_on(drive(target.wire(), signer, None, None, pkhs, env.opts))?,
             None,
         )
     } else {
@@ -437,14 +505,20 @@ fn run_scenario(env: &Env<'_>, target: Target, clients: usize) -> anyhow::Result
         } else {
             None
         };
-        let settings = Config::parse(&gateway_yaml(env.signer_addr, target, &store_dir, env.etcd))?;
+        let settings = Config::parse(&gateway_yaml(signer, target, &store_dir, env.etcd))?;
         let gateway = env.gateway_rt.block_on(Gateway::start(settings))?;
-        let (api, admin) = (gateway.api_addr()?, gateway.admin_addr()?);
+        let admin = gateway.admin_addr()?;
+        let api = match target.wire() {
+            Wire::Http => gateway.api_addr()?,
+            Wire::Socket => gateway
+                .socket_addr()
+                .ok_or_else(|| anyhow::anyhow!("the gateway has no socket front end"))?,
+        };
         let shutdown = CancellationToken::new();
         let running = env.gateway_rt.spawn(gateway.run(shutdown.clone()));
         let measured = env
             .load_rt
-            .block_on(drive(api, Some(admin), renames.as_ref(), pkhs, env.opts));
+            .block_on(drive(target.wire(), api, Some(admin), renames.as_ref(), pkhs, env.opts));
         shutdown.cancel();
         env.gateway_rt.block_on(running)?;
         let state_bytes = (target == Target::File)
@@ -556,6 +630,18 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
         ..Default::default()
     }))?;
     let pkhs: Vec<String> = signer.pkhs().iter().map(|p| p.to_string()).collect();
+    // The same keys behind octez's socket protocol, on the same runtime.
+    let socket_signer = if opts.targets.iter().any(|t| t.socket_signer()) {
+        Some(signer_rt.block_on(TestSigner::spawn(TestSignerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            protocol: Protocol::Socket,
+            seeds: (1..=max_clients).map(|n| seed(n as u8)).collect(),
+            mode: Mode::Ok,
+            ..Default::default()
+        }))?)
+    } else {
+        None
+    };
 
     // The floor is timed just before the file-store scenarios and again at the end, in the same
     // directory tree, with about the bytes the store writes (its state file for these keys).
@@ -606,6 +692,7 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
                 load_rt: &load_rt,
                 gateway_rt: &gateway_rt,
                 signer_addr: signer.addr(),
+                socket_signer_addr: socket_signer.as_ref().map(|s| s.addr()),
                 pkhs: &pkhs,
                 work: &work.path().join(format!("{target:?}").to_lowercase()),
                 etcd: &endpoints,
@@ -639,6 +726,9 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
     }
     drop(etcd_rt);
     signer_rt.block_on(signer.shutdown());
+    if let Some(s) = socket_signer {
+        signer_rt.block_on(s.shutdown());
+    }
     drop(gateway_rt);
     drop(load_rt);
     drop(signer_rt);
@@ -723,6 +813,46 @@ fn run(opts: &Opts) -> anyhow::Result<bool> {
                 }
             }
             println!();
+        }
+    }
+    // octez's socket protocol against HTTP, pair by pair: the same keys, the same store (memory),
+    // the same run; only the protocol on one hop differs.
+    for &clients in &opts.clients {
+        for (http, socket, hop) in [
+            (Target::Direct, Target::DirectSocket, "the signer alone"),
+            (Target::Memory, Target::Socket, "gateway -> signer hop"),
+            (Target::Memory, Target::SocketApi, "client -> gateway hop"),
+        ] {
+            let (Some(h), Some(s)) = (find(http, clients), find(socket, clients)) else {
+                continue;
+            };
+            let (hl, sl) = (&h.window.latencies, &s.window.latencies);
+            println!(
+                "  {clients:>2} client(s), socket vs HTTP, {hop:<21}: p50 {} vs {} ms ({} ms), p99 {} vs {} ms, throughput {:.0} vs {:.0}/s ({:.2}x)",
+                ms(sl.p50()),
+                ms(hl.p50()),
+                signed_ms(diff_ns(hl.p50(), sl.p50())),
+                ms(sl.p99()),
+                ms(hl.p99()),
+                s.window.rps(),
+                h.window.rps(),
+                s.window.rps() / h.window.rps().max(1e-12)
+            );
+        }
+        let pairs = [(Target::Direct, Target::Memory), (Target::DirectSocket, Target::Socket)];
+        let added: Vec<Option<i128>> = pairs
+            .iter()
+            .map(|&(d, g)| {
+                let (d, g) = (find(d, clients)?, find(g, clients)?);
+                Some(diff_ns(d.window.latencies.p50(), g.window.latencies.p50()))
+            })
+            .collect();
+        if let [Some(http), Some(socket)] = added[..] {
+            println!(
+                "  {clients:>2} client(s), added p50 by the gateway (memory store): {} ms in front of the HTTP signer, {} ms in front of the socket signer",
+                signed_ms(http),
+                signed_ms(socket)
+            );
         }
     }
     for &clients in &opts.clients {

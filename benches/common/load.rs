@@ -3,6 +3,13 @@
 //! `edsig…` signature. Clients warm up, wait for each other, then measure, back to back for a
 //! while or one request per period (a baker's pace). Levels come from one process-wide
 //! counter, so every key sees them strictly increase across windows and scenarios.
+//!
+//! Clients speak octez's HTTP signer protocol or its binary socket protocol ([`Wire`]). A
+//! socket client keeps one TCP connection (`TCP_NODELAY`) and sends one `Sign` frame at a time
+//! on it, with the gateway's own codec (`signer_gateway::socket`), checking each answer is a
+//! 64-byte signature; a connection that fails or times out is dropped and the next request
+//! opens a new one. (octez's own socket client opens a connection per operation and asks
+//! `Authorized_keys` first; a kept connection is the counterpart of HTTP keep-alive.)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -14,7 +21,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use signer_gateway::socket::{
+    decode_response, encode_request, read_frame, write_frame, Request, RequestKind, Response, SignRequest, Signature,
+    MAX_FRAME,
+};
+use signer_gateway::tezos::Pkh;
 use testkit::harness::{attestation, TEST_CHAIN};
+use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
@@ -40,6 +53,98 @@ fn http_client() -> HttpClient {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
         .build(connector)
+}
+
+/// The protocol a load client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// octez's HTTP signer protocol: `POST /keys/<pkh>` on a keep-alive connection.
+    Http,
+    /// octez's binary socket protocol: one `Sign` frame at a time on a kept TCP connection.
+    Socket,
+}
+
+/// One client's connection and key.
+// One per client task, built once and never moved while measuring: its size costs nothing, and
+// boxing the HTTP client would put an indirection on the path the earlier figures measured.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    Http {
+        client: HttpClient,
+        uri: http::Uri,
+    },
+    Socket {
+        addr: SocketAddr,
+        pkh: Pkh,
+        /// The kept connection; `None` until the first request and after a failed one.
+        conn: Option<TcpStream>,
+    },
+}
+
+impl Client {
+    fn new(wire: Wire, api: SocketAddr, pkh: &str) -> anyhow::Result<Client> {
+        Ok(match wire {
+            Wire::Http => Client::Http {
+                client: http_client(),
+                uri: format!("http://{api}/keys/{pkh}").parse().context("sign URI")?,
+            },
+            Wire::Socket => Client::Socket {
+                addr: api,
+                pkh: pkh.parse().map_err(|e| anyhow::anyhow!("key {pkh}: {e}"))?,
+                conn: None,
+            },
+        })
+    }
+
+    /// One sign request at the next level.
+    async fn sign_once(&mut self) -> Result<(), String> {
+        match self {
+            Client::Http { client, uri } => sign_once(client, uri).await,
+            Client::Socket { addr, pkh, conn } => socket_sign_once(*addr, *pkh, conn).await,
+        }
+    }
+}
+
+/// One socket `Sign` request at the next level on `conn` (opened first if `None`); `Ok` only
+/// for a 64-byte signature. A failure drops the connection: a frame may be half read.
+async fn socket_sign_once(addr: SocketAddr, pkh: Pkh, conn: &mut Option<TcpStream>) -> Result<(), String> {
+    let level = NEXT_LEVEL.fetch_add(1, Ordering::Relaxed);
+    let request = Request::Sign(SignRequest {
+        pkh,
+        version: None,
+        data: attestation(TEST_CHAIN, level, 0, 0xaa),
+        authentication: None,
+    });
+    let frame = encode_request(&request).map_err(|e| format!("encoding the request: {e}"))?;
+    let exchange = async {
+        let stream = match conn {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+                s.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+                conn.insert(s)
+            }
+        };
+        write_frame(stream, &frame)
+            .await
+            .map_err(|e| format!("level {level}: sending: {e}"))?;
+        let answer = read_frame(stream, MAX_FRAME)
+            .await
+            .map_err(|e| format!("level {level}: reading the answer: {e}"))?
+            .ok_or_else(|| format!("level {level}: connection closed without an answer"))?;
+        match decode_response(RequestKind::Sign, &answer) {
+            Ok(Response::Signature(Signature::Generic(_))) => Ok(()),
+            Ok(other) => Err(format!("level {level}: {other:?}")),
+            Err(e) => Err(format!("level {level}: undecodable answer: {e}")),
+        }
+    };
+    let result = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("level {level}: no answer within {REQUEST_TIMEOUT:?}")));
+    if result.is_err() {
+        *conn = None;
+    }
+    result
 }
 
 /// One sign request at the next level; `Ok` only for a 200 carrying an `edsig…` signature.
@@ -146,21 +251,31 @@ pub struct Running {
     clients: Vec<JoinHandle<(Window, Instant)>>,
 }
 
-/// Start one client per key of `pkhs` against `api` (`/keys/<pkh>`): `warmup` requests spread
-/// over them (at least 20 each), then returns as they start measuring, so the caller can take
-/// its own readings of the window.
+/// Start one HTTP client per key of `pkhs` against `api` (`/keys/<pkh>`): `warmup` requests
+/// spread over them (at least 20 each), then returns as they start measuring, so the caller
+/// can take its own readings of the window.
 pub async fn start(api: SocketAddr, pkhs: &[String], warmup: usize, pace: Pace) -> anyhow::Result<Running> {
+    start_on(Wire::Http, api, pkhs, warmup, pace).await
+}
+
+/// [`start`], with clients speaking `wire`.
+pub async fn start_on(
+    wire: Wire,
+    api: SocketAddr,
+    pkhs: &[String],
+    warmup: usize,
+    pace: Pace,
+) -> anyhow::Result<Running> {
     let warmup = warmup.div_ceil(pkhs.len().max(1)).max(MIN_WARMUP);
     let barrier = Arc::new(Barrier::new(pkhs.len() + 1));
     let mut clients = Vec::with_capacity(pkhs.len());
     for pkh in pkhs {
-        let uri: http::Uri = format!("http://{api}/keys/{pkh}").parse().context("sign URI")?;
+        let mut client = Client::new(wire, api, pkh)?;
         let barrier = Arc::clone(&barrier);
         clients.push(tokio::spawn(async move {
-            let client = http_client();
             let mut w = Window::default();
             for _ in 0..warmup {
-                if let Err(e) = sign_once(&client, &uri).await {
+                if let Err(e) = client.sign_once().await {
                     w.note(format!("warm-up: {e}"));
                 }
             }
@@ -178,7 +293,7 @@ pub async fn start(api: SocketAddr, pkhs: &[String], warmup: usize, pace: Pace) 
                 if deadline.is_some_and(|d| t0 >= d) {
                     break;
                 }
-                match sign_once(&client, &uri).await {
+                match client.sign_once().await {
                     Ok(()) => w.latencies.record(t0.elapsed()),
                     Err(e) => w.note(e),
                 }
