@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::fault_proxy::FaultProxy;
-use crate::harness::{Lines, Proc, Stderr};
+use crate::harness::{Lines, Proc, Run, Stderr};
 
 /// Time for a member to bind its listeners, and for a cluster to elect a leader and serve.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -155,7 +155,7 @@ pub struct EtcdMember {
     initial_cluster: String,
     /// Client port on TLS with client certificates required, when set.
     tls: Option<TlsFiles>,
-    proc: Option<Proc>,
+    proc: Run,
 }
 
 /// Members started together: `--initial-cluster` names all of them.
@@ -187,7 +187,7 @@ impl EtcdCluster {
                 peer_proxy: FaultProxy::start(nowhere).await?,
                 initial_cluster: String::new(),
                 tls: tls.clone(),
-                proc: None,
+                proc: Run::new("etcd member"),
             });
         }
         let initial_cluster = members
@@ -238,11 +238,11 @@ impl EtcdCluster {
 
     /// Index of the member that leads now, asked of each running member in turn.
     pub async fn leader(&self) -> anyhow::Result<usize> {
-        for m in self.members.iter().filter(|m| m.proc.is_some()) {
+        for m in self.members.iter().filter(|m| m.proc.get().is_some()) {
             let Ok(status) = m.status().await else { continue };
             let leader = status["Status"]["leader"].as_u64();
             for (i, other) in self.members.iter().enumerate() {
-                if other.proc.is_some()
+                if other.proc.get().is_some()
                     && other
                         .status()
                         .await
@@ -265,7 +265,7 @@ impl EtcdMember {
 
     /// Whether its process runs.
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(Proc::is_running)
+        self.proc.is_running()
     }
 
     /// Its log so far.
@@ -306,7 +306,7 @@ impl EtcdMember {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        self.proc = Some(Proc::start(
+        self.proc.set(Proc::start(
             &format!("etcd {}", self.name),
             cmd,
             Stderr::Capture(Lines::default(), Some(log)),
@@ -316,7 +316,7 @@ impl EtcdMember {
 
     /// Wait for a `… <needle><addr>` line in its log that also says `also`; returns the address.
     async fn wait_addr(&mut self, needle: &str, also: &str) -> anyhow::Result<SocketAddr> {
-        let proc = self.proc.as_mut().context("member not running")?;
+        let proc = self.proc.running()?;
         let found = proc
             .stderr
             .wait(None, START_TIMEOUT, |l| l.contains(needle) && l.contains(also))
@@ -356,19 +356,17 @@ impl EtcdMember {
     /// SIGSTOP: the member freezes with its connections open, as behind a dead link (nothing
     /// answers, nothing is refused). [`EtcdMember::thaw`] resumes it.
     pub fn freeze(&self) -> anyhow::Result<()> {
-        self.proc.as_ref().context("member not running")?.signal(libc::SIGSTOP)
+        self.proc.signal(libc::SIGSTOP)
     }
 
     /// SIGCONT after [`EtcdMember::freeze`].
     pub fn thaw(&self) -> anyhow::Result<()> {
-        self.proc.as_ref().context("member not running")?.signal(libc::SIGCONT)
+        self.proc.signal(libc::SIGCONT)
     }
 
     /// SIGKILL: a crash or a power cut.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
+        self.proc.kill();
     }
 
     /// Start it again on its data (after [`EtcdMember::kill`]) and wait until it serves (a

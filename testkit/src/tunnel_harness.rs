@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::harness::{verbose, Lines, Proc, Stderr};
+use crate::harness::{verbose, Lines, Proc, Run, Stderr};
 
 /// Name of the config file [`TunnelClient::start`] writes in its dir.
 pub const CONFIG_FILE: &str = "signer-tunnel.yaml";
@@ -241,7 +241,7 @@ impl TunnelConfig {
 /// A `signer-tunnel run` process. Dropping it kills it (SIGKILL); the dir stays (the caller
 /// owns it).
 pub struct TunnelClient {
-    child: Option<Proc>,
+    child: Run,
     bin: PathBuf,
     dir: PathBuf,
     config: TunnelConfig,
@@ -260,7 +260,7 @@ impl TunnelClient {
     /// As [`TunnelClient::start`] with extra environment variables for the process.
     pub fn start_with_env(dir: &Path, config: &TunnelConfig, env: &[(&str, &str)]) -> anyhow::Result<TunnelClient> {
         let mut client = TunnelClient {
-            child: None,
+            child: Run::new("signer-tunnel"),
             bin: tunnel_bin()?,
             dir: dir.to_path_buf(),
             config: config.clone(),
@@ -292,7 +292,7 @@ impl TunnelClient {
             .with_context(|| format!("opening {}", log_path.display()))?;
         writeln!(log, "=== gateway-e2e: run {} of {} ===", self.runs, self.bin.display())?;
         let proc = Proc::start("signer-tunnel", cmd, Stderr::Capture(self.lines.clone(), Some(log)))?;
-        self.child = Some(proc);
+        self.child.set(proc);
         Ok(())
     }
 
@@ -343,28 +343,22 @@ impl TunnelClient {
 
     /// Process id of the current run, if running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Proc::id)
+        self.child.pid()
     }
 
     /// Still running? (Its exit status once it exited.)
     pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        match &mut self.child {
-            Some(c) => c.try_status(),
-            None => anyhow::bail!("signer-tunnel is not running"),
-        }
+        self.child.try_status()
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill();
-        }
+        self.child.kill();
     }
 
     /// SIGTERM and wait up to `within` for the exit (SIGKILL and an error past it).
     pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        let mut c = self.child.take().context("signer-tunnel is not running")?;
-        c.terminate(within).await
+        self.child.terminate(within).await
     }
 
     /// Kill the current run if any and start again with `config` (written anew).

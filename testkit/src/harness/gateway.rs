@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use super::client::Client;
 use super::poll::eventually;
-use super::process::{log_excerpt, verbose, Proc};
+use super::process::{log_excerpt, verbose, Proc, Run};
 
 /// How long [`Gateway::start`] waits for the ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -29,7 +29,7 @@ pub fn gateway_bin() -> anyhow::Result<PathBuf> {
 
 /// A gateway process. Dropping it kills it (SIGKILL); the temp dir, if it owns one, goes too.
 pub struct Gateway {
-    proc: Option<Proc>,
+    proc: Run,
     /// API listener address, from the ready line of the current run.
     pub api: SocketAddr,
     /// Admin listener address, from the ready line of the current run.
@@ -61,7 +61,7 @@ impl Gateway {
     /// same watermark files later). `{dir}` in the text is replaced by `dir`.
     pub async fn start_in(dir: &Path, config_yaml: &str) -> anyhow::Result<Gateway> {
         let mut gw = Gateway {
-            proc: None,
+            proc: Run::new("signer-gateway"),
             api: SocketAddr::from(([0, 0, 0, 0], 0)),
             admin: SocketAddr::from(([0, 0, 0, 0], 0)),
             socket: None,
@@ -100,7 +100,7 @@ impl Gateway {
         }
         let (proc, line) = Proc::spawn("signer-gateway", cmd, READY_PREFIX, READY_TIMEOUT, Some(&log_path)).await?;
         let (api, admin) = parse_ready_line(&line)?;
-        self.proc = Some(proc);
+        self.proc.set(proc);
         self.api = api;
         self.admin = admin;
         self.socket = line
@@ -128,52 +128,38 @@ impl Gateway {
 
     /// Everything the current run wrote to stdout.
     pub fn stdout(&self) -> Vec<String> {
-        match &self.proc {
-            Some(p) => p.stdout.all(),
-            None => Vec::new(),
-        }
+        self.proc.get().map(|p| p.stdout.all()).unwrap_or_default()
     }
 
     /// Process id of the current run, if running.
     pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().map(Proc::id)
+        self.proc.pid()
     }
 
     /// Is the process still running?
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(Proc::is_running)
+        self.proc.is_running()
     }
 
     /// SIGKILL (kill -9) and reap. The dir and its files stay.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
+        self.proc.kill();
     }
 
     /// SIGTERM and wait up to `within` for the exit; returns the exit status (SIGKILL and an
     /// error past the deadline).
     pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        let mut p = self.proc.take().context("gateway is not running")?;
-        p.terminate(within).await
+        self.proc.terminate(within).await
     }
 
     /// Send `sig` (e.g. `libc::SIGTERM`) to the current run without waiting.
     pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
-        let pid = self.pid().context("gateway is not running")?;
-        super::signal(pid, sig)
+        self.proc.signal(sig)
     }
 
     /// Wait up to `within` for the current run to exit; SIGKILL and an error past that.
     pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        let mut p = self.proc.take().context("gateway is not running")?;
-        match p.wait_exit(within).await {
-            Some(status) => Ok(status),
-            None => {
-                p.kill();
-                anyhow::bail!("gateway still running {within:?} later: killed")
-            }
-        }
+        self.proc.wait_exit(within).await
     }
 
     /// Kill the current run if any, then start again in the same dir with the same config.

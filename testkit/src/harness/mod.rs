@@ -23,7 +23,7 @@ pub use payloads::{
     vector, ConsensusOp, TEST_CHAIN, VECTORS_PATH,
 };
 pub use poll::{eventually, within, POLL_INTERVAL};
-pub use process::{signal, verbose, Lines, Proc, Stderr};
+pub use process::{signal, verbose, Lines, Proc, Run, Stderr};
 pub use signer_process::{SignerControl, TestSignerProcess};
 
 /// Assert that `body` is an octez error trace: a non-empty JSON array of objects, each with a

@@ -285,6 +285,95 @@ impl Proc {
     }
 }
 
+/// The current run of a process a test stops and starts again (a gateway, a signer, an etcd
+/// member, `signer-tunnel`): empty between runs. What every harness does to its process, once.
+pub struct Run {
+    what: &'static str,
+    proc: Option<Proc>,
+}
+
+impl Run {
+    /// No run yet of the process named `what` (for errors: "`what` is not running").
+    pub fn new(what: &'static str) -> Run {
+        Run { what, proc: None }
+    }
+
+    /// `proc` is the first run of the process named `what`.
+    pub fn started(what: &'static str, proc: Proc) -> Run {
+        Run { what, proc: Some(proc) }
+    }
+
+    /// `proc` is the current run now.
+    pub fn set(&mut self, proc: Proc) {
+        self.proc = Some(proc);
+    }
+
+    /// The current run, if any.
+    pub fn get(&self) -> Option<&Proc> {
+        self.proc.as_ref()
+    }
+
+    /// The current run, or an error saying there is none.
+    pub fn running(&mut self) -> anyhow::Result<&mut Proc> {
+        self.proc
+            .as_mut()
+            .with_context(|| format!("{} is not running", self.what))
+    }
+
+    fn take(&mut self) -> anyhow::Result<Proc> {
+        self.proc
+            .take()
+            .with_context(|| format!("{} is not running", self.what))
+    }
+
+    /// Process id of the current run.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::id)
+    }
+
+    /// Is the current run still running?
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// The current run's exit status once it exited; `None` while it runs.
+    pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        self.running()?.try_status()
+    }
+
+    /// Send `sig` to the current run without waiting.
+    pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
+        self.proc
+            .as_ref()
+            .with_context(|| format!("{} is not running", self.what))?
+            .signal(sig)
+    }
+
+    /// SIGKILL and reap the current run, if any.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM and wait up to `within` for the exit (SIGKILL and an error past it).
+    pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        self.take()?.terminate(within).await
+    }
+
+    /// Wait up to `within` for the current run to exit by itself (SIGKILL and an error past it).
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut p = self.take()?;
+        match p.wait_exit(within).await {
+            Some(status) => Ok(status),
+            None => {
+                p.kill();
+                anyhow::bail!("{} still running {within:?} later: killed", self.what)
+            }
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if self.is_running() {

@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use signer_gateway::tezos::Pkh;
 
 use super::client::Client;
-use super::process::{verbose, Proc};
+use super::process::{verbose, Proc, Run};
 use crate::test_signer::{Mode, Protocol, Stats, TestKey};
 
 /// Prefix of the line `test-signer` prints once it listens.
@@ -67,7 +67,7 @@ impl SignerControl {
 
 /// A `test-signer` child process. Dropping it kills it.
 pub struct TestSignerProcess {
-    proc: Option<Proc>,
+    proc: Run,
     bin: PathBuf,
     addr: SocketAddr,
     protocol: Protocol,
@@ -127,7 +127,7 @@ impl TestSignerProcess {
             ),
         };
         Ok(TestSignerProcess {
-            proc: Some(proc),
+            proc: Run::started("test-signer", proc),
             bin,
             addr: ready.addr,
             protocol,
@@ -181,25 +181,22 @@ impl TestSignerProcess {
 
     /// Process id of the current run, if started and not killed.
     pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().map(Proc::id)
+        self.proc.pid()
     }
 
     /// Is the process running?
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(Proc::is_running)
+        self.proc.is_running()
     }
 
     /// SIGKILL and reap: connections are reset, the port is closed.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
+        self.proc.kill();
     }
 
     /// SIGTERM and wait up to `within`.
     pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        let mut p = self.proc.take().context("test-signer is not running")?;
-        p.terminate(within).await
+        self.proc.terminate(within).await
     }
 
     /// Kill if running, then start again on the same address with the same keys, in `mode`.
@@ -210,7 +207,7 @@ impl TestSignerProcess {
         loop {
             match spawn(&self.bin, self.addr, &self.keys, mode, self.protocol, self.control_addr).await {
                 Ok((proc, _)) => {
-                    self.proc = Some(proc);
+                    self.proc.set(proc);
                     return Ok(());
                 }
                 Err(e) if Instant::now() < deadline => {
