@@ -354,6 +354,22 @@ async fn a_baker_gets_the_same_service_over_the_socket_protocol() {
         Some("version=3"),
         "the version reaches the signer"
     );
+    // `-A` authentication: the signature of an authorized key reaches the signer as the HTTP
+    // protocol's `authentication` parameter, the very bytes the baker sent.
+    let bytes = attestation(TEST_CHAIN, 43, 0, 1);
+    let auth = [7u8; 64];
+    let authenticated = Request::Sign(SignRequest {
+        pkh: tz1.pkh(),
+        version: None,
+        data: bytes.clone(),
+        authentication: Some(signer_gateway::socket::Signature::Generic(auth)),
+    });
+    assert!(matches!(call(&mut conn, &authenticated).await, Response::Signature(_)));
+    let query = s.stats().last_query.unwrap_or_default();
+    let sent = query
+        .strip_prefix("authentication=")
+        .unwrap_or_else(|| panic!("no authentication in {query:?}"));
+    assert_eq!(tezos::decode_signature(sent).unwrap(), auth.to_vec());
 
     // Refusals are error traces with the HTTP API's ids, and the connection goes on.
     let lower = sign_request(tz1, None, attestation(TEST_CHAIN, 39, 0, 1));
@@ -361,7 +377,7 @@ async fn a_baker_gets_the_same_service_over_the_socket_protocol() {
         error_ids(&call(&mut conn, &lower).await),
         ["signer_gateway.below_watermark"]
     );
-    let double = sign_request(tz1, None, attestation(TEST_CHAIN, 40, 0, 2));
+    let double = sign_request(tz1, None, attestation(TEST_CHAIN, 43, 0, 2));
     assert_eq!(
         error_ids(&call(&mut conn, &double).await),
         ["signer_gateway.different_data"]
@@ -421,9 +437,9 @@ async fn a_baker_gets_the_same_service_over_the_socket_protocol() {
         .metric("signer_gateway_socket_requests_total", "kind", "sign")
         .await
         .unwrap();
-    assert_eq!(signs, 6.0);
-    // The same watermark as HTTP: level 40 is taken.
-    let (code, body) = sign(&gw, tz1, None, &attestation(TEST_CHAIN, 40, 0, 3)).await;
+    assert_eq!(signs, 7.0);
+    // The same watermark as HTTP: level 43 is taken.
+    let (code, body) = sign(&gw, tz1, None, &attestation(TEST_CHAIN, 43, 0, 3)).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
 }
 
