@@ -486,6 +486,14 @@ async fn a_socket_signer_behind_the_tunnel_body(rig: &mut TunnelRig) -> anyhow::
     Ok(())
 }
 
+testkit::rig_test!(with start_socket;
+    /// The socket signer's link goes silently dead with kept socket connections through it:
+    /// every request still gets a signature (the HTTP backup, after at most one attempt on the
+    /// dead link), and once the link returns the socket signer serves again.
+    a_socket_signer_behind_a_blackholed_link,
+    blackholed_link_recovers_after_restore_body
+);
+
 async fn starts_without_forward_while_local_signer_down_body(rig: &mut TunnelRig) -> anyhow::Result<()> {
     rig.pi.kill()?;
     let config = rig.tunnel_config();
