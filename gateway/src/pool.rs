@@ -18,8 +18,9 @@
 //! its tunnel closes), so a hung or silently dead signer usually costs one probe interval
 //! plus one probe timeout, not a whole `request_timeout`.
 //!
-//! How the bytes reach a signer is behind [`Connect`]: a TCP address today; an SSH tunnel
-//! implements the same trait.
+//! How the bytes reach a signer is behind [`Connect`]: a TCP address, or an SSH tunnel. What
+//! is spoken over them is HTTP, or octez's socket protocol for a signer made with
+//! [`Signer::speaking_socket`] (`crate::socket::SocketClient` translates the same calls).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
